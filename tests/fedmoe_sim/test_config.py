@@ -1,0 +1,73 @@
+import pytest
+
+from fedmoe_sim.config import ConfigError, RunConfig, config_from_json, known_keys, parse_assignments, resolve_config
+
+
+def test_defaults_resolve_and_round_trip_through_json():
+    cfg = resolve_config({})
+    assert cfg == RunConfig()
+    assert config_from_json(cfg.to_json()) == cfg
+
+
+def test_later_layers_win_and_strings_are_typed():
+    cfg = resolve_config({"federation.num_clients": 10}, {"federation.num_clients": "30", "train.augment": "false"})
+    assert cfg.federation.num_clients == 30
+    assert cfg.train.augment is False
+
+
+def test_hyphenated_keys_are_accepted():
+    assert resolve_config({"federation.num-clients": 7}).federation.num_clients == 7
+
+
+@pytest.mark.parametrize(
+    "layer, fragment",
+    [
+        ({"federation.num_clients": 0}, "federation.num_clients must be >= 1 (got 0)"),
+        ({"federation.fraction_train": 1.5}, "federation.fraction_train must be in (0, 1] (got 1.5)"),
+        ({"federation.fraction_train": 0}, "federation.fraction_train must be in (0, 1]"),
+        ({"federation.rounds": -1}, "federation.rounds must be >= 0 (got -1)"),
+        ({"data.partitioner": "random"}, "data.partitioner must be one of by-domain, iid, dirichlet, pathological"),
+        ({"train.lr": "fast"}, "train.lr must be a number (got 'fast')"),
+        ({"federation.num_clients": "2.5"}, "federation.num_clients must be an integer"),
+        ({"train.augment": "maybe"}, "train.augment must be a boolean"),
+        ({"federation.num_clientz": 3}, "unknown config key 'federation.num_clientz'"),
+        ({"clients": 3}, "unknown config key 'clients'"),
+        ({"simulation.gpus_per_worker": 2}, "simulation.gpus_per_worker must be in [0, 1]"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_field_and_allowed(layer, fragment):
+    with pytest.raises(ConfigError) as err:
+        resolve_config(layer)
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_key_suggests_the_full_name():
+    with pytest.raises(ConfigError, match="did you mean federation.rounds"):
+        resolve_config({"rounds": 3})
+
+
+def test_identity_hash_ignores_output_dir_but_not_values():
+    a = resolve_config({"out": "x"})
+    b = resolve_config({"out": "y"})
+    c = resolve_config({"seed": 1})
+    assert a.identity_hash() == b.identity_hash() != c.identity_hash()
+
+
+def test_data_key_is_shared_by_strategies_but_not_seeds():
+    a = resolve_config({"strategy": "fedavg"})
+    b = resolve_config({"strategy": "local", "train.lr": 0.5})
+    assert a.data_key() == b.data_key()
+    assert a.data_key() != resolve_config({"seed": 3}).data_key()
+
+
+def test_parse_assignments_requires_equals_sign():
+    assert parse_assignments(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_assignments(["novalue"])
+
+
+def test_every_known_key_has_a_supported_type():
+    for key, tp in known_keys().items():
+        assert tp in (int, float, str, bool), key
