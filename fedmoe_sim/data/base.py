@@ -47,10 +47,13 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """One logical client's data: indices into its domain's (or the pooled) train pool."""
+    """One logical client's data: rows of its domain's (or the pooled) train pool.
+
+    `partition.partition_indices` gives the same split as indices into the pooled pool.
+    """
 
     client_id: int
-    domain: int                    # index into Benchmark.domains (-1 if the client mixes domains)
+    domain: int                    # index into Benchmark.domains (mixed partitions: the majority domain)
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray             # the client's own held-out split (personalised evaluation)
