@@ -145,6 +145,7 @@ def test_load_benchmark_and_client_splits_follow_the_data_config():
     assert bench.domain_names == ("rot90", "invert")
     splits = client_splits(bench, cfg, num_clients=6, seed=0)
     assert len(splits) == 6
-    assert all((s.num_train, len(s.y_test)) == (15, 5) and len(np.unique(s.y_train)) == 1 for s in splits)
+    # samples_per_client counts training examples; the own test split comes on top (20 / 0.75 = 27 in all)
+    assert all((s.num_train, len(s.y_test)) == (20, 7) and len(np.unique(s.y_train)) == 1 for s in splits)
     text = load_benchmark(DataConfig(benchmark="text-domains", domains="sports"), seed=2)
     assert text.kind == "text" and text.domain_names == ("sports",)
