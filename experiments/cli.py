@@ -66,15 +66,28 @@ def run_overrides(args: argparse.Namespace) -> dict[str, object]:
     return values
 
 
+def check_out_dir(out: Path, cfg: RunConfig) -> None:
+    """A run directory may be reused only by the same config (a rerun); never mix results."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    recorded = out / "config.json"
+    if recorded.exists():
+        old = json.loads(recorded.read_text()).get("config_hash")
+        if old != cfg.identity_hash():
+            raise ConfigError(f"--out {out} holds a run of another config (hash {old}, this one "
+                              f"{cfg.identity_hash()}); choose a new directory")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} exists and is not a fedmoe-sim run directory; choose a new directory")
+
+
 def prepare_run(cfg: RunConfig) -> None:
     """Fail fast in this process on what would otherwise fail inside Ray workers (data, model, out dir)."""
     from experiments.registry import get_method
-    from fedmoe_sim.results import RunRecorder
     from fedmoe_sim.workspace import get_workspace
 
     get_method(cfg.strategy)
     if cfg.out:
-        RunRecorder.check_out_dir(Path(cfg.out), cfg)
+        check_out_dir(Path(cfg.out), cfg)
     try:
         get_workspace(cfg)  # builds data + model once; the in-process server reuses it
     except (ValueError, FileNotFoundError) as exc:  # unknown domain, missing dataset root, ...
@@ -88,10 +101,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(args.experiment, run_overrides(args))
     prepare_run(cfg)
     summary = run_simulation(cfg, show_progress=not args.quiet)
-    print(summary.headline())
+    print(headline(summary))
     if cfg.out:
         print(f"results in {cfg.out}/ (config.json, rounds.csv, rounds.jsonl, ledger.csv, summary.json)")
     return 0
+
+
+def headline(summary) -> str:
+    """One line a user reads after a run: accuracy, worst client, bytes, time."""
+    final = summary.final
+    acc = final.get("client-eval/acc-mean", float("nan"))
+    worst = final.get("client-eval/worst-client-acc", float("nan"))
+    mib = 1024 * 1024
+    return (f"{summary.strategy} seed {summary.seed}: mean accuracy {100 * acc:.1f}% over domains, "
+            f"worst client {100 * worst:.1f}%, up {summary.bytes_up / mib:.2f} MiB, "
+            f"down {summary.bytes_down / mib:.2f} MiB, {summary.wall_s:.1f} s")
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:

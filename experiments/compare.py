@@ -96,7 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     base, runs, baseline, out = plan_sweep(args)
     bind_sweep_dir(out, base)
-    todo = [cfg for cfg in runs if not RunRecorder.is_complete(Path(cfg.out), cfg)]
+    todo = [cfg for cfg in runs if not RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash())]
     print(f"compare {base.experiment}: {len(runs)} runs ({len(runs) - len(todo)} already complete, {len(todo)} to run)")
     for cfg in todo:
         prepare_run(cfg)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmoe_sim.config import TrainConfig
+from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.models.mixer import random_translate
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -24,29 +26,11 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    """Translate each image [B, C, H, W] by its own random offset in [-max_shift, max_shift], zero fill."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
-    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]          # [B, H, 1]
-    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]          # [B, 1, W]
-    batch = torch.arange(b)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-
-
 @dataclass(frozen=True)
 class TrainStats:
     loss: float        # mean training loss over the last epoch
     accuracy: float    # training accuracy over the last epoch, in [0, 1]
     steps: int
-
-
-def _index(inputs, idx: torch.Tensor):
-    if isinstance(inputs, dict):
-        return {k: v[idx] for k, v in inputs.items()}
-    return inputs[idx]
 
 
 def train_local(
@@ -77,9 +61,9 @@ def train_local(
         loss_sum, correct = 0.0, 0
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            xb, yb = _index(inputs, idx), labels[idx]
+            xb, yb = ExpertModel.index(inputs, idx), labels[idx]
             if do_augment:
-                xb = random_shift(xb, gen)
+                xb = random_translate(xb, gen)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -102,7 +86,7 @@ def evaluate(model: nn.Module, inputs, labels: torch.Tensor, batch_size: int = 5
     loss_sum, correct = 0.0, 0
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        logits = model(_index(inputs, idx))
+        logits = model(ExpertModel.index(inputs, idx))
         yb = labels[idx]
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())

@@ -51,6 +51,15 @@ class Workspace:
         self._prepared: dict[tuple, tuple] = {}
 
     # -- data ---------------------------------------------------------------
+    @property
+    def data_fingerprint(self) -> str:
+        """Hash of every client's train/test arrays: equal fingerprints mean equal partitions."""
+        h = hashlib.sha256()
+        for s in self.splits:
+            for arr in (s.x_train, s.y_train, s.x_test, s.y_test):
+                h.update(np.ascontiguousarray(arr).tobytes() if arr.dtype != object else "\x00".join(arr).encode())
+        return h.hexdigest()[:16]
+
     def _prep(self, key: tuple, x: np.ndarray, y: np.ndarray):
         hit = self._prepared.get(key)
         if hit is None:

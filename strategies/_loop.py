@@ -10,6 +10,7 @@ results recorder. Multi-phase methods reuse `exchange` for their phases.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -60,7 +61,7 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
     ws = get_workspace(cfg)
     fed = Federation(cfg, ws.benchmark.domain_names)
     strategy = method.strategy(fed, ws)
-    recorder = RunRecorder(cfg.out, cfg) if cfg.out else None
+    recorder = RunRecorder(cfg.out, json.loads(cfg.to_json()), cfg.identity_hash()) if cfg.out else None
     fed.connect(grid)
     rounds, timeout = cfg.federation.rounds, cfg.federation.round_timeout
     progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress)
@@ -89,7 +90,7 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
         acc = row.get("client-eval/acc-mean")
         progress.round_done(server_round, len(fed.train_cohort(server_round)),
                             f"acc {100 * acc:.1f}%" if acc is not None else "")
-    summary = RunSummary.build(cfg, last, fed.last_eval, fed.domain_names, fed.ledger, time.monotonic() - t_start)
+    summary = _summary(cfg, last, fed, ws.data_fingerprint, time.monotonic() - t_start)
     if recorder is not None:
         recorder.finish(summary)
     log.info("run finished in %s", format_seconds(summary.wall_s))
@@ -105,3 +106,17 @@ def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float]
     if recorder is not None:
         recorder.round(row)
         recorder.ledger(fed.ledger.rows())
+
+
+def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, fingerprint: str, wall_s: float) -> RunSummary:
+    """The run's final record: last round's metrics, per domain, per client, byte totals."""
+    per_domain = {name: {"acc": last[f"client-eval/acc/{name}"]}
+                  for name in fed.domain_names if f"client-eval/acc/{name}" in last}
+    per_client = [{"client": cid, **metrics} for cid, metrics in sorted(fed.last_eval.items())]
+    return RunSummary(
+        strategy=cfg.strategy, experiment=cfg.experiment, seed=cfg.seed, config_hash=cfg.identity_hash(),
+        rounds=cfg.federation.rounds, final={k: v for k, v in last.items() if k != "wall-s"},
+        per_domain=per_domain, per_client=per_client, bytes_up=fed.ledger.total(wire.UP),
+        bytes_down=fed.ledger.total(wire.DOWN), bytes_p2p=fed.ledger.total(wire.P2P), wall_s=round(wall_s, 3),
+        data_fingerprint=fingerprint,
+    )

@@ -4,14 +4,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType
 
 from fedmoe_sim import wire
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower stamps new Messages with the running task's identity; give tests one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 SPEC = {"a": ((2, 2), "float32"), "b": ((3,), "float32")}
 

@@ -1,0 +1,51 @@
+"""Models: frozen shared backbones with one trainable expert, and MoE building blocks.
+
+`build_model(benchmark, cfg)` is the one entry point clients and servers use. It is
+cheap after the first call in a process (backbone weights are memoised), so a
+worker can build once and reuse the model for many logical clients through
+`load_expert_state` / `reset_expert`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmoe_sim.config import ModelConfig
+from fedmoe_sim.data.base import Benchmark
+from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.models.lora import LoRALinear, lora_disabled
+from fedmoe_sim.models.mixer import MixerExpertModel, random_translate
+from fedmoe_sim.models.moe import LoRAMoELinear, MoEFFN, MoEMixer, TopKRouter, build_moe_from_experts
+
+__all__ = [
+    "ExpertModel", "LoRALinear", "LoRAMoELinear", "MixerExpertModel", "MoEFFN", "MoEMixer", "TopKRouter",
+    "build_model", "build_moe_from_experts", "lora_disabled", "random_translate",
+]
+
+
+def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.device = "cpu") -> ExpertModel:
+    """Frozen shared backbone + one trainable expert (reset from seed 0) for `benchmark`.
+
+    "mixer": image benchmarks with 8x8 inputs; the backbone is pretrained on
+    `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks.
+    """
+    if cfg.backbone == "mixer":
+        if benchmark.kind != "image" or len(benchmark.input_shape) != 3 or benchmark.input_shape[1:] != (8, 8):
+            raise ValueError(f"model.backbone=mixer needs an image benchmark with [C, 8, 8] inputs "
+                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
+        if benchmark.pretrain_x is None or benchmark.pretrain_y is None:
+            raise ValueError(f"model.backbone=mixer needs pretraining data "
+                             f"(benchmark {benchmark.name} has no pretrain_x/y)")
+        from fedmoe_sim.models.pretrain import pretrained_mixer_state
+
+        state = pretrained_mixer_state(benchmark.pretrain_x, benchmark.pretrain_y, cfg.width, cfg.blocks,
+                                       benchmark.num_classes, cfg.pretrain_steps)
+        return MixerExpertModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, device)
+    if cfg.backbone == "minilm":
+        if benchmark.kind != "text":
+            raise ValueError(f"model.backbone=minilm needs a text benchmark "
+                             f"(got {benchmark.name}: kind {benchmark.kind})")
+        from fedmoe_sim.models.text import TextExpertModel
+
+        return TextExpertModel(benchmark.num_classes, cfg, device)
+    raise ValueError(f"model.backbone must be one of mixer, minilm (got {cfg.backbone!r})")

@@ -1,0 +1,127 @@
+"""The client-side model contract: a frozen shared backbone plus one trainable expert.
+
+Why a contract: every method (FedAvg of experts, MetaMoE, FedMoE-DA, ...) moves
+only expert tensors (DESIGN "Expert-only upload"), and a simulation worker reuses
+one model for hundreds of logical clients. So the expert is addressed by stable,
+sorted names, read out as float32 numpy copies, and written back in place
+(`copy_` into the existing Parameters: optimisers and caches stay valid).
+Subclasses say which tensors form the expert and how inputs are prepared.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmoe_sim.models.lora import lora_a_init_
+
+Inputs = Any  # a Tensor (images) or a dict of Tensors (text: input_ids, attention_mask)
+
+
+class ExpertModel(nn.Module):
+    """Frozen backbone + expert. `parameters()` requiring grad == exactly the expert tensors.
+
+    Subclasses implement `prepare`, `forward` (logits `[B, num_classes]`) and
+    `features` (frozen-backbone pooled features `[B, D]`, no expert), and call
+    `_register_expert(named)` once at the end of `__init__`.
+    """
+
+    num_classes: int
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self._expert: dict[str, nn.Parameter] = {}
+
+    # -- what subclasses provide ---------------------------------------------------
+    def prepare(self, x: np.ndarray) -> Inputs:
+        """numpy pool -> model inputs on the model's device (done once per pool, cached by the caller)."""
+        raise NotImplementedError
+
+    def features(self, inputs: Inputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self._expert.values())).device
+
+    @staticmethod
+    def index(inputs: Inputs, idx: torch.Tensor) -> Inputs:
+        """Rows `idx` (LongTensor) of prepared inputs, for a Tensor or a dict of Tensors."""
+        if isinstance(inputs, dict):
+            return {k: v[idx.to(v.device)] for k, v in inputs.items()}
+        return inputs[idx.to(inputs.device)]
+
+    def _register_expert(self, named: dict[str, nn.Parameter]) -> None:
+        """Freeze everything, then unfreeze exactly `named` (public name -> Parameter)."""
+        self.requires_grad_(False)
+        for p in named.values():
+            p.requires_grad_(True)
+        self._expert = dict(sorted(named.items()))
+        expert_ids = {id(p) for p in self._expert.values()}
+        trainable = {id(p) for p in self.parameters() if p.requires_grad}
+        if trainable != expert_ids:  # a programming error: an expert tensor is not a submodule param
+            raise RuntimeError("expert tensors must be exactly the model's trainable parameters")
+
+    # -- the expert ----------------------------------------------------------------
+    def expert_state(self) -> dict[str, np.ndarray]:
+        """Float32 numpy copies of the expert tensors, sorted by name (what a client uploads)."""
+        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._expert.items()}
+
+    def expert_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {k: (tuple(p.shape), "float32") for k, p in self._expert.items()}
+
+    def load_expert_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy `state` into the existing expert tensors; strict on keys and shapes."""
+        missing = sorted(set(self._expert) - set(state))
+        if missing:
+            raise ValueError(f"expert state is missing key {missing[0]!r} ({len(missing)} missing)")
+        unexpected = sorted(set(state) - set(self._expert))
+        if unexpected:
+            raise ValueError(f"expert state has unexpected key {unexpected[0]!r} (not an expert tensor)")
+        for k, p in self._expert.items():
+            if tuple(np.shape(state[k])) != tuple(p.shape):
+                raise ValueError(f"expert state key {k!r} has shape {tuple(np.shape(state[k]))}, "
+                                 f"expected {tuple(p.shape)}")
+        with torch.no_grad():
+            for k, p in self._expert.items():
+                p.copy_(torch.as_tensor(np.asarray(state[k])))
+
+    def reset_expert(self, seed: int) -> None:
+        """Re-initialise the expert from `seed` alone (never the global RNG).
+
+        LoRA A: U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming-uniform); LoRA B: 0, so
+        the model starts at the backbone. Other expert tensors (the text head) get
+        nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Tensors are drawn in
+        sorted-name order from one CPU generator.
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        fan_in = {k[: -len(".weight")]: p.shape[-1] for k, p in self._expert.items() if k.endswith(".weight")}
+        for name, p in self._expert.items():
+            if "lora_A" in name:
+                lora_a_init_(p, gen)
+                continue
+            with torch.no_grad():
+                if "lora_B" in name:
+                    p.zero_()
+                    continue
+                stem = name.rsplit(".", 1)[0]
+                bound = 1.0 / math.sqrt(fan_in.get(stem, p.shape[-1]))
+                p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+
+    def backbone_state(self) -> dict[str, np.ndarray]:
+        """Every frozen tensor (parameters and buffers) as numpy copies: what must never leave a client."""
+        expert_ids = {id(p) for p in self._expert.values()}
+        out: dict[str, np.ndarray] = {}
+        for k, t in [*self.named_parameters(), *self.named_buffers()]:
+            if id(t) not in expert_ids:
+                out[self._backbone_name(k)] = t.detach().cpu().numpy().copy()
+        return out
+
+    def _backbone_name(self, module_path: str) -> str:
+        """Public name of a frozen tensor (subclasses strip wrapper prefixes)."""
+        return module_path
