@@ -28,7 +28,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "4 shifted-digit domains (rot90, invert, blur, gamma), 20 clients by domain, 60 images each, "
             "frozen pretrained mixer + rank-8 LoRA experts; offline, minutes on 2 CPU cores",
             {"data.benchmark": "digits-domains", "data.partitioner": "by-domain", "model.backbone": "mixer",
-             "federation.num_clients": 20, "federation.rounds": 5},
+             "federation.num_clients": 20, "federation.rounds": 10},
         ),
         Experiment(
             "text-domains",

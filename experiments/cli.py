@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.compare import cmd_compare
 
     COMMANDS["compare"] = cmd_compare
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

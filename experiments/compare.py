@@ -20,6 +20,7 @@ from fedmoe_sim.config import ConfigError, RunConfig, parse_assignments
 from fedmoe_sim.progress import format_seconds
 
 SWEEP_FILE = "sweep.json"
+ACC_KEY = "client-eval/acc-mean"
 
 
 def add_compare_parser(sub) -> None:
@@ -120,23 +121,17 @@ def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argpa
     """Tables, plots and the report from the finished runs' records."""
     from fedmoe_sim.results import plots, tables
     from fedmoe_sim.results.io import read_jsonl
-    from fedmoe_sim.results.report import write_report
 
     summaries, curves, byte_curves, domains = [], {}, {}, {}
     for cfg in runs:
         run_dir = Path(cfg.out)
         summary = json.loads((run_dir / "summary.json").read_text())
         summaries.append(summary)
-        cum, series, byte_series = 0.0, [], []
-        for r in read_jsonl(run_dir / "rounds.jsonl"):
-            cum += r.get("bytes-up", 0) + r.get("bytes-down", 0) + r.get("bytes-p2p", 0)
-            if "client-eval/acc-mean" in r:
-                series.append((r["round"], 100 * r["client-eval/acc-mean"]))
-                byte_series.append((cum, 100 * r["client-eval/acc-mean"]))
-        curves.setdefault(cfg.strategy, []).append(series)
-        byte_curves.setdefault(cfg.strategy, []).append(byte_series)
-        for dom, acc in summary.get("per_domain", {}).items():
-            domains.setdefault(cfg.strategy, {}).setdefault(dom, []).append(100 * acc)
+        rounds = read_jsonl(run_dir / "rounds.jsonl")
+        curves.setdefault(cfg.strategy, []).append(plots.accuracy_series(rounds, ACC_KEY))
+        byte_curves.setdefault(cfg.strategy, []).append(plots.accuracy_vs_bytes_series(rounds, ACC_KEY))
+        for dom, metrics in summary.get("per_domain", {}).items():
+            domains.setdefault(cfg.strategy, {}).setdefault(dom, []).append(metrics["acc"])
     check_identical_partitions(summaries)
     table_md = tables.write_table(summaries, baseline, out)
     paths = [
@@ -149,7 +144,7 @@ def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argpa
         [f"--experiment {args.experiment}", f"--strategies {','.join(dict.fromkeys(c.strategy for c in runs))}",
          f"--seeds {','.join(map(str, seeds))}", f"--baseline {baseline}", f"--out {out}"]
         + [f"--set {o}" for o in args.overrides])
-    write_report(out, table_md, [Path(p) for p in paths if p], {"command": command, "seeds": seeds, "baseline": baseline,
+    tables.write_report(out, table_md, [Path(p) for p in paths if p], {"command": command, "seeds": seeds, "baseline": baseline,
                                                               "experiment": args.experiment})
     return table_md
 

@@ -29,7 +29,7 @@ def backend_config(cfg: RunConfig) -> dict:
     sim = cfg.simulation
     return {
         "client_resources": {"num_cpus": sim.cpus_per_worker, "num_gpus": sim.gpus_per_worker},
-        "init_args": {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True},
+        "init_args": {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False},
     }
 
 
@@ -40,7 +40,7 @@ def quiet_flower() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # also hides run_simulation's own deprecation notice
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
@@ -78,7 +78,6 @@ def run_many(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | No
         num_supernodes=num_nodes(first),
         backend_config=backend_config(first),
     )
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     if len(results) != len(cfgs):
         raise RuntimeError(f"the simulation finished {len(results)} of {len(cfgs)} runs; see the log above for the server error")
     return results

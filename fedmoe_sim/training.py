@@ -68,6 +68,8 @@ def train_local(
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             steps += 1
             loss_sum += float(loss.detach()) * len(idx)

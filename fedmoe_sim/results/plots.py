@@ -159,6 +159,10 @@ def plot_accuracy_vs_bytes(per_strategy: Mapping[str, Sequence[Series]], path: s
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))   # 20, 50, 100 reads better than 10^2
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"cumulative bytes communicated, up + down + P2P ({unit}, log scale)")
+    silent = [name for name, seeds in positive.items() if not any(seeds)]
+    if silent:  # a strategy that never communicates has no place on a log axis: say so instead of hiding it
+        ax.text(0.99, 0.02, "not shown (0 bytes communicated): " + ", ".join(silent), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="0.3")
     _title(ax, title, "band", level, any_ci)
     return _save_png(fig, path)
 
