@@ -1,8 +1,9 @@
 """The ServerApp (`strategies.app:app`) for `flwr run .`, and a factory for our runner.
 
-`flwr run . --run-config "strategy='local' federation.rounds=3"` goes through the same
-validation as the CLI: the experiment named in the run config gives the base
-values, and every other run-config key overrides it.
+`flwr run . local --run-config "strategy='local' federation.rounds=3"` goes through
+the same validation as the CLI: the experiment named in the run config gives the
+base values, and every run-config key that is not "" (pyproject's placeholder for
+"the experiment's value") overrides it.
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    values = dict(context.run_config)
     try:
-        cfg = build_config(str(values.pop("experiment", "digits-domains")), values)
+        cfg = config_from_run_config(context.run_config)
         method = get_method(cfg.strategy)
     except ConfigError as exc:
         log.error("bad run config: %s", exc)
         raise SystemExit(2) from None
     run_server(grid, cfg, method)
+
+
+def config_from_run_config(run_config: dict) -> RunConfig:
+    """Flower's fused run config -> validated RunConfig ("" = the experiment's value)."""
+    values = {k: v for k, v in run_config.items() if v != ""}
+    return build_config(str(values.pop("experiment", "digits-domains")), values)
 
 
 def make_server_app(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | None = None,
