@@ -1,0 +1,85 @@
+"""compare: resume after a kill, refusal of a foreign directory, fairness check."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.compare import check_identical_partitions
+
+SMALL = ["--set", "federation.num_clients=4", "--set", "federation.rounds=2", "--set", "data.samples_per_client=20",
+         "--set", "model.pretrain_steps=200", "--set", "train.local_epochs=1", "--set", "simulation.num_workers=2"]
+
+
+def _compare(out: Path, seeds: str = "0,1") -> list[str]:
+    return [sys.executable, "-m", "experiments.cli", "compare", "--experiment", "digits-domains",
+            "--strategies", "fedavg,local", "--seeds", seeds, "--out", str(out), "--quiet", *SMALL]
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_compare(out), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "runs" / "fedavg-seed0" / "summary.json"
+    deadline = time.monotonic() + 240
+    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "the first run never finished"
+    os.killpg(proc.pid, signal.SIGKILL)             # the whole tree, Ray included, mid-sweep
+    proc.wait()
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    assert 1 <= len(done_before) < 4
+
+    rerun = subprocess.run(_compare(out), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(done_before)} already complete" in rerun.stdout
+    for name, mtime in done_before.items():       # finished runs were kept, not redone
+        assert (out / "runs" / name / "summary.json").stat().st_mtime_ns == mtime
+    assert len(list((out / "runs").glob("*/summary.json"))) == 4
+    table = (out / "table.md").read_text()
+    assert "fedavg" in table and "local" in table and "±" in table
+    for png in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "per_domain.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_text = (out / "table.csv").read_text()
+    assert "diff_acc_mean" in csv_text
+
+
+def test_a_directory_of_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"base_config_hash": "somethingelse"}))
+    assert main(["compare", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep of another config" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--strategies", "fedavg,nope"], "unknown strategy 'nope'"),
+        (["--seeds", "0,x"], "--seeds must be a comma list of integers"),
+        (["--seeds", "1,1"], "--seeds must list distinct integers"),
+        (["--baseline", "fedprox"], "--baseline 'fedprox' is not among the compared strategies"),
+        (["--set", "seed=3"], "--set seed=... is chosen by compare itself"),
+        (["--set", "train.lr=-1"], "train.lr must be > 0"),
+        (["--experiment", "cifar99"], "unknown experiment 'cifar99'"),
+    ],
+)
+def test_bad_compare_input_is_one_line_exit_2(argv, fragment, tmp_path, capsys):
+    assert main(["compare", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_runs_of_one_seed_with_different_partitions_are_refused():
+    ok = [{"seed": 0, "data_fingerprint": "a"}, {"seed": 0, "data_fingerprint": "a"}, {"seed": 1, "data_fingerprint": "b"}]
+    check_identical_partitions(ok)
+    with pytest.raises(RuntimeError, match="different partitions"):
+        check_identical_partitions(ok + [{"seed": 1, "data_fingerprint": "c"}])
