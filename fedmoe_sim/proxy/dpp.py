@@ -73,6 +73,8 @@ def greedy_dpp(features, relevance, m: int, eps: float = DEFAULT_EPS) -> DPPResu
     equal numbers once i is almost in the span of the picks, and float32 would
     turn that cancellation into spurious gains or early stops.
 
+    L_ii is set to r_i^2 exactly (not summed from the normalised row), so equal
+    relevances tie exactly and the first pick is the lowest-index argmax r^2.
     Ties (equal d^2) go to the lower index. The run stops when m items are
     picked, when all n are, or when the best remaining d^2 <= eps * max_i L_ii
     (relative, so rescaling r does not change the picks; the rank of L is
@@ -89,7 +91,7 @@ def greedy_dpp(features, relevance, m: int, eps: float = DEFAULT_EPS) -> DPPResu
         raise ValueError("features and relevance must be finite")
     n = z.shape[0]
     b = (r[:, None] * torch.nn.functional.normalize(z, dim=1)).numpy()   # [n, D], L = b b^T
-    d2 = np.einsum("ij,ij->i", b, b)                                     # [n] L_ii
+    d2 = np.where(z.abs().amax(dim=1).numpy() > 0, r.numpy() ** 2, 0.0)  # [n] L_ii = r_i^2 S_ii, S_ii = 1 exactly
     scale = float(d2.max()) if n else 0.0
     steps = min(m, n)
     c = np.zeros((steps, n), dtype=np.float64)                           # row t: e from the t-th pick
