@@ -14,12 +14,15 @@ from fedmoe_sim.workspace import State, Workspace
 
 StartFn = Callable[[int], State | None]
 KeepFn = Callable[[int, State], None]
+DataFn = Callable[[int], tuple]
 
 
-def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None, upload: bool) -> list[wire.ClientResult]:
+def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None, upload: bool,
+              data: DataFn | None = None) -> list[wire.ClientResult]:
+    """Train each logical client of the task; `data(cid)` overrides its training pool."""
     results = []
     for cid in task.client_ids:
-        state, stats, n = ws.train_client(cid, task.server_round, start(cid))
+        state, stats, n = ws.train_client(cid, task.server_round, start(cid), data(cid) if data else None)
         if keep is not None:
             keep(cid, state)
         metrics = {wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: stats.loss, wire.TRAIN_ACC: stats.accuracy}

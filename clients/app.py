@@ -17,9 +17,11 @@ app = ClientApp()
 
 
 def _handle(msg: Message, context: Context, phase: str) -> Message:
+    """`phase` is the handler name: "evaluate", or for train messages the task's phase
+    ("train", or a method's own step such as MetaMoE's "upload")."""
     task = wire.read_task(msg.content)
     cfg = parse_run_config(task.run_config)
-    handler = getattr(get_method(cfg.strategy).client, phase)
+    handler = getattr(get_method(cfg.strategy).client, phase if phase == "evaluate" else task.phase)
     results = handler(get_workspace(cfg), task, context)
     return Message(wire.make_reply(results), reply_to=msg)
 

@@ -50,6 +50,12 @@ def get_experiment(name: str) -> Experiment:
 
 
 def build_config(experiment: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the experiment, then the overrides; validated (ConfigError on anything bad)."""
+    """Defaults, then the experiment, then the overrides, then the values that define the
+    chosen method (registry `forced`); validated (ConfigError on anything bad)."""
+    from experiments.registry import get_method
+
     exp = get_experiment(experiment)
-    return resolve_config(exp.values, {"experiment": experiment}, overrides or {})
+    layers = [exp.values, {"experiment": experiment}, overrides or {}]
+    cfg = resolve_config(*layers)
+    forced = get_method(cfg.strategy).forced
+    return resolve_config(*layers, forced) if forced else cfg

@@ -20,7 +20,7 @@ from fedmoe_sim.config import ConfigError, RunConfig, parse_assignments
 from fedmoe_sim.progress import format_seconds
 
 SWEEP_FILE = "sweep.json"
-ACC_KEY = "client-eval/acc-mean"
+ACC_KEY = "acc-mean"
 
 
 def add_compare_parser(sub) -> None:

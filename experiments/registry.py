@@ -1,30 +1,66 @@
-"""Explicit method registry: name -> (strategy class, client module). No discovery by string matching."""
+"""Explicit method registry: name -> (strategy class, client module, defining config values).
+
+No discovery by string matching. `forced` holds the config values that define a
+method or an ablation (e.g. FlexOlmo-style = no DPP, no proxy training, no
+context); they are applied after the user's overrides, so a name always means
+the same method.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import clients.fedavg
 import clients.local
+import clients.metamoe
 from fedmoe_sim.config import ConfigError
+from strategies.btm import BTMStrategy
+from strategies.btx import BTXStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.flexolmo import FlexOlmoStrategy
 from strategies.local import LocalStrategy
+from strategies.metamoe import MetaMoEStrategy
+from strategies.modelsoup import ModelSoupStrategy
+from strategies.separate import SeparateExpertsStrategy
+from strategies.unrestricted import UnrestrictedMoEStrategy
+from strategies.zeroshot import ZeroShotStrategy
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     strategy: type          # constructed as strategy(Federation, Workspace)
-    client: ModuleType      # has train(ws, task, context) and evaluate(ws, task, context)
+    client: ModuleType      # train(ws, task, context), evaluate(...), and any phase it uses
     description: str
+    extra: dict[str, Any] = field(default_factory=dict)   # variant values on top of strategy.forced
+
+    @property
+    def forced(self) -> dict[str, Any]:
+        return {**getattr(self.strategy, "forced", {}), **self.extra}
 
 
+_M = clients.metamoe
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("fedavg", FedAvgStrategy, clients.fedavg, "FedAvg over the expert (whole trainable model), one global model"),
         Method("local", LocalStrategy, clients.local, "Local-only: each client trains its own expert, nothing is shared"),
+        Method("metamoe", MetaMoEStrategy, _M, "MetaMoE: DPP proxies, proxy-aligned experts, context router, one-shot unification"),
+        Method("metamoe-no-dpp", MetaMoEStrategy, _M, "MetaMoE ablation: top-m proxies by relevance (no DPP)",
+               {"metamoe.use_dpp": False}),
+        Method("metamoe-no-context", MetaMoEStrategy, _M, "MetaMoE ablation: router without sample context (lambda = 0)",
+               {"metamoe.context_router": False}),
+        Method("metamoe-no-proxy-training", MetaMoEStrategy, _M, "MetaMoE ablation: experts trained on private data only",
+               {"metamoe.proxy_training": False}),
+        Method("flexolmo", FlexOlmoStrategy, _M, "FlexOlmo-style: private-only experts and routing vectors, relevance proxies, no context"),
+        Method("btx", BTXStrategy, _M, "BTX-style: private-only experts, fresh router trained on the proxies"),
+        Method("btm", BTMStrategy, _M, "BTM: output ensemble of the experts"),
+        Method("modelsoup", ModelSoupStrategy, _M, "ModelSoup: weight average of the experts"),
+        Method("separate", SeparateExpertsStrategy, _M, "Separate experts with oracle domain routing (reference, not deployable)"),
+        Method("zeroshot", ZeroShotStrategy, _M, "Zero-shot: the frozen pretrained backbone alone"),
+        Method("unrestricted", UnrestrictedMoEStrategy, _M, "Unrestricted MoE: centralised upper bound on pooled private data"),
     )
 }
 

@@ -157,6 +157,49 @@ class SimulationConfig:
             _fail("simulation.torch_threads", self.torch_threads, ">= 1")
 
 
+EXPERT_PER = ("client", "domain")
+
+
+@dataclass(frozen=True)
+class MetaMoEConfig:
+    """MetaMoE (seed 000) and the unification baselines that share its pipeline."""
+
+    candidates: int = 480              # top-n public samples by relevance (DESIGN digits: 480; paper code 2000)
+    proxies: int = 120                 # m proxies per client (DESIGN digits: 120; paper 500)
+    use_dpp: bool = True               # ablation "no DPP": top-m by relevance instead
+    context_router: bool = True        # ablation "no context router": lambda fixed at 0
+    proxy_training: bool = True        # ablation "no proxy-aligned training": experts see private data only
+    routing_on_proxies: bool = True    # routing vectors over private + proxies (False: private only, FlexOlmo)
+    lambda_init: float = 0.3           # context weight at start, per layer, clamped to [0, 1] (paper code, CV)
+    top_k: int = 1                     # experts per token at inference (paper: 1)
+    expert_per: str = "client"         # client: one expert per client (paper, one-shot upload); domain: the
+                                       # clients of a domain train one expert by FedAvg over the rounds
+    relevance_epochs: int = 30         # relevance probe epochs (ours)
+    relevance_lr: float = 0.1          # relevance probe Adam lr (ours)
+    dpp_fill: bool = True              # the cosine kernel has rank <= feature width (64 on digits < m = 120):
+                                       # fill the slots left after the DPP by relevance (ours, not in the paper)
+    finetune_epochs: int = 5           # server fine-tuning epochs on the proxy union (paper code, CV: 5)
+    finetune_lr: float = 0.01          # SGD lr, momentum 0.9 (paper code CV: 1e-3; ours: tuned for the digits LoRA)
+    finetune_batch: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "proxies", "top_k", "relevance_epochs", "finetune_batch"):
+            if getattr(self, name) < 1:
+                _fail(f"metamoe.{name}", getattr(self, name), ">= 1")
+        if self.finetune_epochs < 0:
+            _fail("metamoe.finetune_epochs", self.finetune_epochs, ">= 0")
+        if self.proxies > self.candidates:
+            _fail("metamoe.proxies", self.proxies, f"<= metamoe.candidates ({self.candidates})")
+        if not 0 <= self.lambda_init <= 1:
+            _fail("metamoe.lambda_init", self.lambda_init, "in [0, 1]")
+        if not self.finetune_lr > 0:
+            _fail("metamoe.finetune_lr", self.finetune_lr, "> 0")
+        if not self.relevance_lr > 0:
+            _fail("metamoe.relevance_lr", self.relevance_lr, "> 0")
+        if self.expert_per not in EXPERT_PER:
+            _fail("metamoe.expert_per", self.expert_per, f"one of {', '.join(EXPERT_PER)}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     strategy: str = "fedavg"           # a registered strategy (experiments.registry)
@@ -168,6 +211,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    metamoe: MetaMoEConfig = field(default_factory=MetaMoEConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

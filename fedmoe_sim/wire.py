@@ -41,8 +41,10 @@ TASK = "task"                # ConfigRecord with the keys below
 RUN_CONFIG = "run-config"    # JSON of the resolved RunConfig
 CLIENT_IDS = "client-ids"    # logical clients this message asks the node to handle
 ROUND = "round"
+PHASE = "phase"              # what the client should do (methods with several phases)
 EXPERT_PREFIX = "expert/"    # reply ArrayRecord per logical client
 METRICS_PREFIX = "metrics/"  # reply MetricRecord per logical client
+EXTRAS_PREFIX = "extras/"    # reply ArrayRecord per logical client: method extras (routing vectors, proxy ids)
 NODE_INFO = "node-info"      # query reply: the node's partition-id / num-partitions
 
 PARTITION_ID = "partition-id"
@@ -71,11 +73,14 @@ class Task:
     client_ids: tuple[int, ...]
     server_round: int
     global_state: State | None
+    phase: str = "train"
 
 
-def make_task(run_config: str, client_ids: list[int], server_round: int, global_state: State | None) -> RecordDict:
+def make_task(run_config: str, client_ids: list[int], server_round: int, global_state: State | None,
+              phase: str = "train") -> RecordDict:
     content = RecordDict()
-    content[TASK] = ConfigRecord({RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids], ROUND: int(server_round)})
+    content[TASK] = ConfigRecord({RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids],
+                                  ROUND: int(server_round), PHASE: phase})
     if global_state is not None:
         content[GLOBAL] = to_record(global_state)
     return content
@@ -86,17 +91,22 @@ def read_task(content: RecordDict) -> Task:
     ids = cfg[CLIENT_IDS]
     ids = (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
     glob = from_record(content.array_records[GLOBAL]) if GLOBAL in content.array_records else None
-    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob)
+    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")))
 
 
 # -------------------------------------------------------------- replies ----
 @dataclass
 class ClientResult:
-    """What one logical client returns; `state` is None when nothing is uploaded."""
+    """What one logical client returns; `state` is None when nothing is uploaded.
+
+    `extras` carries a method's small non-expert arrays (routing vectors, proxy
+    indices); they are checked for finiteness, not against the expert spec.
+    """
 
     client_id: int
     metrics: dict[str, float]
     state: State | None = None
+    extras: State | None = None
 
 
 def make_reply(results: list[ClientResult]) -> RecordDict:
@@ -105,6 +115,8 @@ def make_reply(results: list[ClientResult]) -> RecordDict:
         content[f"{METRICS_PREFIX}{res.client_id}"] = MetricRecord({k: float(v) for k, v in res.metrics.items()})
         if res.state is not None:
             content[f"{EXPERT_PREFIX}{res.client_id}"] = to_record(res.state)
+        if res.extras is not None:
+            content[f"{EXTRAS_PREFIX}{res.client_id}"] = to_record(res.extras)
     return content
 
 
@@ -175,7 +187,20 @@ def read_replies(
                 if reason is not None:
                     out.rejected[cid] = reason
                     continue
-            out.results.append(ClientResult(cid, metrics, state))
+            extras = None
+            xrec = content.array_records.get(f"{EXTRAS_PREFIX}{cid}")
+            if xrec is not None:
+                try:
+                    extras = from_record(xrec)
+                except Exception as exc:  # same rule as for experts
+                    out.rejected[cid] = f"undecodable extras ({exc})"
+                    continue
+                out.uploaded[cid] = out.uploaded.get(cid, 0) + state_nbytes(extras)
+                bad = [k for k, a in extras.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+                if bad:
+                    out.rejected[cid] = f"{bad[0]} has non-finite values"
+                    continue
+            out.results.append(ClientResult(cid, metrics, state, extras))
     for cid, reason in sorted(out.rejected.items()):
         log.warning("rejected update of client %d: %s", cid, reason)
     out.results.sort(key=lambda r: r.client_id)

@@ -79,27 +79,41 @@ class Workspace:
         d = self.benchmark.domains[domain]
         return self._prep(("domain", domain), d.x_test, d.y_test)
 
+    def train_data_with_public(self, cid: int, public_idx: np.ndarray):
+        """The client's private train split plus public samples with their own public labels."""
+        s, b = self.splits[cid], self.benchmark
+        key = ("train+public", cid, hashlib.sha1(np.asarray(public_idx, np.int64).tobytes()).hexdigest())
+        return self._prep(key, np.concatenate([s.x_train, b.public_x[public_idx]]),
+                          np.concatenate([s.y_train, b.public_y[public_idx]]))
+
+    def public_data(self, public_idx: np.ndarray):
+        b = self.benchmark
+        key = ("public", hashlib.sha1(np.asarray(public_idx, np.int64).tobytes()).hexdigest())
+        return self._prep(key, b.public_x[public_idx], b.public_y[public_idx])
+
     # -- expert -------------------------------------------------------------
     def initial_expert(self) -> State:
         """The expert every method starts from: a function of the run seed only."""
-        self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
+        self.load(None)
         return self.model.expert_state()
 
-    def train_client(self, cid: int, server_round: int, start: State | None) -> tuple[State, TrainStats, int]:
-        """Train client `cid` from `start` (None = the initial expert); returns (state, stats, n)."""
-        if start is None:
-            self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
-        else:
-            self.model.load_expert_state(start)
-        x, y = self.train_data(cid)
-        stats = train_local(self.model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
-        return self.model.expert_state(), stats, int(y.shape[0])
-
-    def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
+    def load(self, state: State | None) -> None:
+        """Put `state` (None = the initial expert) into the one model, in place."""
         if state is None:
             self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
         else:
             self.model.load_expert_state(state)
+
+    def train_client(self, cid: int, server_round: int, start: State | None, data=None) -> tuple[State, TrainStats, int]:
+        """Train client `cid` from `start` (None = the initial expert) on `data` (default: its
+        private train split); returns (state, stats, examples)."""
+        self.load(start)
+        x, y = data if data is not None else self.train_data(cid)
+        stats = train_local(self.model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
+        return self.model.expert_state(), stats, int(y.shape[0])
+
+    def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
+        self.load(state)
         x, y = self.test_data(cid)
         loss, acc_own = evaluate(self.model, x, y)
         domain = self.splits[cid].domain
@@ -152,18 +166,19 @@ class ClientStateStore:
         key = hashlib.sha256(run_config.encode()).hexdigest()[:16]
         return cls(Path(tempfile.gettempdir()) / "fedmoe-sim-state" / f"{run_id}-{key}")
 
-    def _path(self, cid: int) -> Path:
-        return self.root / f"client-{cid}.npz"
+    def _path(self, cid: int, kind: str) -> Path:
+        return self.root / f"{kind}-{cid}.npz"
 
-    def load(self, cid: int) -> State | None:
-        path = self._path(cid)
+    def load(self, cid: int, kind: str = "expert") -> State | None:
+        """The client's stored arrays of this kind (its expert by default), or None."""
+        path = self._path(cid, kind)
         if not path.exists():
             return None
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
 
-    def save(self, cid: int, state: State) -> None:
-        path = self._path(cid)
+    def save(self, cid: int, state: State, kind: str = "expert") -> None:
+        path = self._path(cid, kind)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, **state)
         os.replace(tmp, path)

@@ -83,14 +83,21 @@ class Federation:
     def eval_cohort(self, server_round: int) -> list[int]:
         return self.eval_schedule[server_round]
 
-    def messages(self, server_round: int, message_type: str, client_ids: list[int], state: wire.State | None) -> list[Message]:
-        nbytes = wire.state_nbytes(state) if state is not None else 0
+    def messages(self, server_round: int, message_type: str, client_ids: list[int], state: wire.State | None,
+                 phase: str = "train") -> list[Message]:
+        return self.grouped_messages(server_round, message_type, [(client_ids, state)], phase)
+
+    def grouped_messages(self, server_round: int, message_type: str,
+                         groups: list[tuple[list[int], wire.State | None]], phase: str = "train") -> list[Message]:
+        """One message per (node, group): clients of one group receive the same state (e.g. their domain's expert)."""
         out = []
-        for node, cids in self.placement(client_ids).items():
-            for cid in cids:
-                self.ledger.add(server_round, wire.DOWN, cid, nbytes)
-            content = wire.make_task(self.run_config, cids, server_round, state)
-            out.append(Message(content, node, message_type))
+        for client_ids, state in groups:
+            nbytes = wire.state_nbytes(state) if state is not None else 0
+            for node, cids in self.placement(sorted(client_ids)).items():
+                for cid in cids:
+                    self.ledger.add(server_round, wire.DOWN, cid, nbytes)
+                content = wire.make_task(self.run_config, cids, server_round, state, phase)
+                out.append(Message(content, node, message_type))
         return out
 
     def collect(self, server_round: int, replies, spec, asked: list[int]) -> wire.Unpacked:

@@ -73,8 +73,15 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
         replies = exchange(grid, msgs, timeout, progress, server_round, "eval")
         return dict(strategy.aggregate_evaluate(server_round, replies) or {})
 
+    def finish(server_round: int, row: dict[str, float]) -> None:
+        """Multi-phase methods (MetaMoE) end with their own steps after the last round."""
+        if hasattr(strategy, "finish"):
+            row.update(strategy.finish(grid, server_round,
+                                       lambda msgs, phase: exchange(grid, msgs, timeout, progress, server_round, phase)))
+
     if rounds == 0:
         last = {"round": 0, **evaluate(0)}
+        finish(0, last)
         _record(recorder, fed, last, t_start)
     for server_round in range(1, rounds + 1):
         msgs = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
@@ -85,9 +92,11 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
         row: dict[str, float] = {"round": server_round, **dict(train_metrics or {})}
         if server_round % cfg.federation.eval_every == 0 or server_round == rounds:
             row.update(evaluate(server_round))
+        if server_round == rounds:
+            finish(server_round, row)
         _record(recorder, fed, row, t_start)
         last = row
-        acc = row.get("client-eval/acc-mean")
+        acc = row.get("server-eval/acc-mean", row.get("client-eval/acc-mean"))
         progress.round_done(server_round, len(fed.train_cohort(server_round)),
                             f"acc {100 * acc:.1f}%" if acc is not None else "")
     summary = _summary(cfg, last, fed, ws.data_fingerprint, time.monotonic() - t_start)
@@ -99,6 +108,9 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
 
 def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float], t_start: float) -> None:
     rnd = int(row["round"])
+    acc = row.get("server-eval/acc-mean", row.get("client-eval/acc-mean"))
+    if acc is not None:
+        row["acc-mean"] = acc   # this round's headline: the final model's evaluation where there is one
     row["bytes-up"] = fed.ledger.round_total(rnd, wire.UP)
     row["bytes-down"] = fed.ledger.round_total(rnd, wire.DOWN)
     row["bytes-p2p"] = fed.ledger.round_total(rnd, wire.P2P)
@@ -110,12 +122,15 @@ def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float]
 
 def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, fingerprint: str, wall_s: float) -> RunSummary:
     """The run's final record: last round's metrics, per domain, per client, byte totals."""
-    per_domain = {name: {"acc": last[f"client-eval/acc/{name}"]}
-                  for name in fed.domain_names if f"client-eval/acc/{name}" in last}
+    where = "server-eval" if "server-eval/acc-mean" in last else "client-eval"   # the final model's evaluation
+    per_domain = {name: {"acc": last[f"{where}/acc/{name}"]}
+                  for name in fed.domain_names if f"{where}/acc/{name}" in last}
+    final = {k: v for k, v in last.items() if k != "wall-s"}
+    final["acc-mean"] = last.get(f"{where}/acc-mean", float("nan"))
     per_client = [{"client": cid, **metrics} for cid, metrics in sorted(fed.last_eval.items())]
     return RunSummary(
         strategy=cfg.strategy, experiment=cfg.experiment, seed=cfg.seed, config_hash=cfg.identity_hash(),
-        rounds=cfg.federation.rounds, final={k: v for k, v in last.items() if k != "wall-s"},
+        rounds=cfg.federation.rounds, final=final,
         per_domain=per_domain, per_client=per_client, bytes_up=fed.ledger.total(wire.UP),
         bytes_down=fed.ledger.total(wire.DOWN), bytes_p2p=fed.ledger.total(wire.P2P), wall_s=round(wall_s, 3),
         data_fingerprint=fingerprint,

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from .io import atomic_write_text, write_csv_atomic
 from .stats import mean_ci, paired_diff_ci
 
-MEAN_ACC_KEY = "client-eval/acc-mean"   # in summary["final"]: mean accuracy over clients
+MEAN_ACC_KEY = "acc-mean"   # in summary["final"]: mean accuracy over domains of the final model (server- or client-evaluated)
 CLIENT_ACC_KEY = "acc-own"              # in each summary["per_client"] row (wire.ACC_OWN)
 DOMAIN_ACC_KEY = "acc"                  # in summary["per_domain"][d] when that is a dict
 BYTE_FIELDS = ("bytes_up", "bytes_down", "bytes_p2p")

@@ -39,7 +39,9 @@ def test_console_script_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", "--strategy", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "fedmoe-sim: error: unknown strategy 'nope'; allowed: fedavg, local"
+    from experiments.registry import METHODS
+
+    assert proc.stderr.strip() == f"fedmoe-sim: error: unknown strategy 'nope'; allowed: {', '.join(METHODS)}"
 
 
 def test_show_lists_every_key_with_its_value(capsys):

@@ -73,13 +73,13 @@ def test_bytes_band_aligns_seeds_by_evaluation_index():
 
 
 def test_accuracy_series_skips_rounds_without_evaluation():
-    rounds = [{"round": 1, "client-eval/acc-mean": 0.5}, {"round": 2}, {"round": 3, "client-eval/acc-mean": None},
-              {"round": 4, "client-eval/acc-mean": 0.7}]
+    rounds = [{"round": 1, "acc-mean": 0.5}, {"round": 2}, {"round": 3, "acc-mean": None},
+              {"round": 4, "acc-mean": 0.7}]
     assert accuracy_series(rounds) == [(1, 0.5), (4, 0.7)]
 
 
 def test_bytes_series_counts_traffic_of_unevaluated_rounds():
-    rounds = [{"round": 2, "bytes-up": 10, "bytes-down": 20, "client-eval/acc-mean": 0.6},
+    rounds = [{"round": 2, "bytes-up": 10, "bytes-down": 20, "acc-mean": 0.6},
               {"round": 1, "bytes-up": 10, "bytes-down": 20, "bytes-p2p": 5},                 # not evaluated
-              {"round": 3, "bytes-up": 1, "client-eval/acc-mean": 0.7}]
+              {"round": 3, "bytes-up": 1, "acc-mean": 0.7}]
     assert accuracy_vs_bytes_series(rounds) == [(65, 0.6), (66, 0.7)]

@@ -1,0 +1,173 @@
+"""MetaMoE's unified model for the MiniLM text backbone (DESIGN steps 5-8, text).
+
+At every BERT layer the FFN (intermediate.dense -> GELU -> output.dense, then the
+layer's residual + LayerNorm, as BERT does) becomes the frozen FFN + K LoRA deltas
+mixed per token by a context-aware router (moe.py) whose input is the hidden state
+entering that FFN (attention output after its LayerNorm). Experts are the clients'
+PEFT LoRA A/B read from their expert states; scale = alpha / r from the model's
+PEFT config.
+
+The layer loop is written out here (embeddings -> per layer: attention, MoE FFN)
+around *structural copies* of the frozen MiniLM modules whose tensors ARE the
+shared ones (`text._share_frozen`): nothing shared is modified, not even a
+train/eval flag or a hook, and no frozen weight is duplicated in memory.
+
+Padding is masked out of every mean: the router context c, the pooled features.
+Columns past a batch's longest sentence are dropped first (as `TextExpertModel.pooled`
+does), so a sentence gives the same logits alone and in a padded batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmoe_sim.models.moe import MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers
+from fedmoe_sim.models.text import TextExpertModel, _share_frozen
+
+Batch = dict[str, torch.Tensor]   # input_ids, attention_mask `[B, L]`
+
+
+def _trimmed(inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) without the columns past the longest sentence, `[B, L']`."""
+    mask = inputs["attention_mask"]
+    length = max(int(mask.sum(dim=1).max()), 1)
+    return inputs["input_ids"][:, :length], mask[:, :length]
+
+
+def masked_token_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean over its own valid tokens: `h [B, L, D]`, `mask [B, L]` -> `[B, D]`."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _layers(model: TextExpertModel) -> nn.ModuleList:
+    return model.bert.get_base_model().encoder.layer
+
+
+def text_ffn_inputs(model: TextExpertModel, inputs: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per layer the input of `intermediate.dense` (attention output after its LayerNorm),
+    `[B, L', D]`, with the loaded expert applied, and the valid-token mask `[B, L']` (bool).
+
+    Read with forward pre-hooks on the model's own PEFT modules (per-instance copies,
+    never the shared ones), removed before returning. L' = longest sentence in the batch.
+    """
+    captured: list[torch.Tensor] = []
+    hooks = [layer.intermediate.dense.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+             for layer in _layers(model)]
+    try:
+        model.pooled(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(captured) != len(hooks):
+        raise RuntimeError(f"expected one FFN input per layer ({len(hooks)}), got {len(captured)}")
+    _, mask = _trimmed(inputs)
+    return captured, mask.bool()
+
+
+class TextMoE(UnifiedMoE):
+    """Frozen MiniLM with a K-expert LoRA MoE FFN per layer, a router per layer and a head.
+
+    Trainable: routers, stacked LoRAs, lambdas, head. forward(dict(input_ids,
+    attention_mask) `[B, L]`) -> logits `[B, classes]`.
+    """
+
+    def __init__(self, frozen: nn.ModuleDict, config, ffns: Sequence[MoEFFN], routers: Sequence[TopKRouter],
+                 head: nn.Linear):
+        super().__init__()
+        self.embeddings, self.attentions, self.norms = frozen["embeddings"], frozen["attention"], frozen["norm"]
+        self.config = config                   # the HF config: read only, for the attention mask
+        self.ffns, self.routers, self.head = nn.ModuleList(ffns), nn.ModuleList(routers), head
+        self._freeze_all_but_trainable(extra=list(head.parameters()))
+
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token embeddings `[B, L, D]` and the attention mask in the form the attention modules expect."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        t = self.embeddings(input_ids=ids)
+        return t, create_bidirectional_mask(config=self.config, inputs_embeds=t, attention_mask=mask)
+
+    @torch.no_grad()
+    def _contexts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        t, attn_mask = self._embed(ids, mask)
+        out = []
+        for attn, ffn, norm in zip(self.attentions, self.ffns, self.norms, strict=True):
+            h = attn(t, attn_mask)[0]
+            out.append(masked_token_mean(h, mask))
+            t = norm(ffn.base_forward(h) + h)
+        return out
+
+    def contexts(self, inputs: Batch) -> list[torch.Tensor]:
+        """Per layer c `[B, D]`: each sentence's masked mean of M0's (no expert) hidden state
+        entering that layer's FFN. Depends on the sentence alone, never on the batch."""
+        return self._contexts(*_trimmed(inputs))
+
+    def forward(self, inputs: Batch, return_probs: bool = False):
+        """Logits `[B, classes]`; with `return_probs`, also each layer's router probs `[B, L', K]`."""
+        ids, mask = _trimmed(inputs)
+        ctx = self._contexts(ids, mask) if self.uses_context() else [None] * len(self.routers)
+        t, attn_mask = self._embed(ids, mask)
+        probs = []
+        for attn, ffn, norm, router, c in zip(self.attentions, self.ffns, self.norms, self.routers, ctx, strict=True):
+            h = attn(t, attn_mask)[0]
+            w, p = router(h, c)
+            probs.append(p)
+            t = norm(ffn(h, w) + h)            # BertOutput: LayerNorm(dense(...) + input), dropout off
+        logits = self.head(masked_token_mean(t, mask))
+        return (logits, probs) if return_probs else logits
+
+
+def _lora_scale(model: TextExpertModel) -> float:
+    cfg = model.bert.peft_config["default"]
+    if getattr(cfg, "rank_pattern", None) or getattr(cfg, "alpha_pattern", None):
+        raise ValueError("TextMoE assumes one LoRA rank and alpha for every layer")
+    return cfg.lora_alpha / (cfg.r ** 0.5 if getattr(cfg, "use_rslora", False) else cfg.r)
+
+
+def build_text_moe_from_experts(model: TextExpertModel, expert_states: Sequence[dict[str, np.ndarray]],
+                                router_init: Sequence[np.ndarray] | None = None, top_k: int = 1,
+                                renormalize: bool = False, seed: int = 0, context: bool = True,
+                                lambda_init: float = 0.3, train_lambda: bool = True) -> TextMoE:
+    """Unify K text experts (TextExpertModel expert states) into one TextMoE.
+
+    router_init: per layer `[K, D]` routing vectors as rows (None: random from `seed`).
+    Head = the mean of the experts' heads, trainable: each expert trained its own head
+    with its LoRA on its domain's labels in the shared label space, so no single head
+    fits every expert's features; their mean is the soup-style start that step 8 tunes.
+    """
+    if not isinstance(model, TextExpertModel):
+        raise ValueError("build_text_moe_from_experts needs a TextExpertModel (model.backbone=minilm)")
+    check_expert_states(model, expert_states)
+    base = model.bert.get_base_model()
+    layers, dev = base.encoder.layer, model.device
+    # Structural copies sharing the frozen tensors; `.base_layer` unwraps PEFT's LoRA Linear.
+    frozen = _share_frozen(nn.ModuleDict({
+        "embeddings": base.embeddings,
+        "attention": nn.ModuleList(layer.attention for layer in layers),
+        "fc1": nn.ModuleList(layer.intermediate.dense.get_base_layer() for layer in layers),
+        "fc2": nn.ModuleList(layer.output.dense.get_base_layer() for layer in layers),
+        "act": nn.ModuleList(layer.intermediate.intermediate_act_fn for layer in layers),
+        "norm": nn.ModuleList(layer.output.LayerNorm for layer in layers),
+    }))
+    scale = _lora_scale(model)
+    ffns = []
+    for i in range(len(layers)):
+        stacked = {                                           # "fc1.lora_A" -> [K, r, in], ...
+            f"{fc}.lora_{ab}": torch.as_tensor(
+                np.stack([st[f"bert.encoder.layer.{i}.{name}.dense.lora_{ab}.weight"] for st in expert_states]),
+                device=dev)
+            for fc, name in (("fc1", "intermediate"), ("fc2", "output")) for ab in ("A", "B")}
+        ffns.append(MoEFFN(frozen["fc1"][i], frozen["fc2"][i], stacked, scale, act=frozen["act"][i]))
+    d = base.config.hidden_size
+    routers = make_routers(d, len(expert_states), len(layers), router_init, seed, dev, top_k=top_k,
+                           renormalize=renormalize, context=context, lambda_init=lambda_init,
+                           train_lambda=train_lambda)
+    head = nn.Linear(d, model.num_classes, device=dev)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))
+        head.bias.copy_(torch.as_tensor(np.mean([st["head.bias"] for st in expert_states], axis=0)))
+    return TextMoE(frozen, base.config, ffns, routers, head)

@@ -1,0 +1,217 @@
+"""One-shot unification of client experts (MetaMoE, seed 000) and its baselines.
+
+Client side: proxies (relevance + DPP, `fedmoe_sim.proxy`), the training pool
+(private data plus proxies with their public labels: one label space) and the
+routing vectors. Server side: group uploads into experts, build the unified MoE
+(routers initialised from routing vectors, context-aware), fine-tune on the
+proxy union, and evaluate on the domains' test sets in shuffled batches that mix
+domains. The baselines (BTM ensemble, ModelSoup, oracle routing, BTX, zero-shot,
+unrestricted) are other `combine` choices over the same experts.
+
+Plain PyTorch/numpy: the strategies and clients only move records around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedmoe_sim.aggregation import weighted_average
+from fedmoe_sim.config import MetaMoEConfig
+from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.training import derive_seed
+from fedmoe_sim.workspace import State, Workspace
+
+ROUTING_PREFIX = "routing/"   # extras key per MoE layer: "routing/0", "routing/1", ...
+PROXIES = "proxies"           # extras key: int64 indices into the public pool
+
+
+# ------------------------------------------------------------ client side ----
+def select_client_proxies(ws: Workspace, cid: int, mcfg: MetaMoEConfig, seed: int) -> np.ndarray:
+    """DESIGN steps 1-3 on the client's private train split (un-augmented, frozen backbone)."""
+    from fedmoe_sim.proxy.select import select_proxies
+
+    split, bench = ws.splits[cid], ws.benchmark
+    if bench.public_x is None:
+        raise ValueError(f"benchmark {bench.name!r} has no public pool: MetaMoE-style methods need one")
+    sel = select_proxies(ws.model, split.x_train, bench.public_x, mcfg.candidates, mcfg.proxies,
+                         seed=derive_seed(seed, "proxies", cid), use_dpp=mcfg.use_dpp,
+                         probe_epochs=mcfg.relevance_epochs, probe_lr=mcfg.relevance_lr, fill=mcfg.dpp_fill)
+    return np.asarray(sel.indices, dtype=np.int64)
+
+
+def routing_vectors(ws: Workspace, inputs) -> list[np.ndarray]:
+    """DESIGN step 5: per MoE layer, the mean FFN input (after its norm, through the loaded
+    expert) over the valid tokens of every sample in `inputs`. `[D]` per layer."""
+    from fedmoe_sim.models.moe import mean_routing_vectors
+
+    return [np.asarray(v, dtype=np.float32) for v in mean_routing_vectors(ws.model, inputs, batch_size=256)]
+
+
+def pack_extras(routing: list[np.ndarray] | None, proxies: np.ndarray) -> State:
+    extras: State = {PROXIES: np.asarray(proxies, dtype=np.int64)}
+    for i, v in enumerate(routing or []):
+        extras[f"{ROUTING_PREFIX}{i}"] = np.asarray(v, dtype=np.float32)
+    return extras
+
+
+def unpack_extras(extras: State) -> tuple[list[np.ndarray], np.ndarray]:
+    layers = sorted((int(k[len(ROUTING_PREFIX):]), v) for k, v in extras.items() if k.startswith(ROUTING_PREFIX))
+    return [v for _, v in layers], np.asarray(extras[PROXIES], dtype=np.int64)
+
+
+# ------------------------------------------------------------ server side ----
+@dataclass
+class Expert:
+    """One expert of the unified model: a client's (or a domain's federated) expert."""
+
+    name: str
+    domain: int
+    state: State
+    routing: list[np.ndarray]   # [D] per MoE layer
+    proxies: np.ndarray         # public-pool indices its clients selected
+    weight: float               # examples behind it
+
+
+def domain_expert(name: str, domain: int, state: State, parts: list[tuple[float, list[np.ndarray], np.ndarray]]) -> Expert:
+    """Merge a domain's clients (weight, routing vectors, proxies): example-weighted routing
+    vectors, union of proxies."""
+    weights = [w for w, _, _ in parts]
+    layers = len(parts[0][1])
+    routing = [np.average(np.stack([r[i] for _, r, _ in parts]), axis=0, weights=weights).astype(np.float32)
+               for i in range(layers)]
+    proxies = np.unique(np.concatenate([p for _, _, p in parts]))
+    return Expert(name, domain, state, routing, proxies, float(sum(weights)))
+
+
+def proxy_union(experts: list[Expert]) -> np.ndarray:
+    return np.unique(np.concatenate([e.proxies for e in experts])) if experts else np.zeros(0, np.int64)
+
+
+def build_unified(model: ExpertModel, experts: list[Expert], mcfg: MetaMoEConfig, seed: int,
+                  router_init: str = "routing", context: bool | None = None) -> nn.Module:
+    """DESIGN steps 6-7: base FFN + each expert's LoRA delta per layer; router rows = the
+    routing vectors as is (`router_init="routing"`) or random (BTX); context-aware router
+    with learnable lambda unless `context` (default: mcfg.context_router) is off."""
+    from fedmoe_sim.models.moe import build_moe_from_experts
+    from fedmoe_sim.models.text_moe import build_text_moe_from_experts
+
+    use_context = mcfg.context_router if context is None else context
+    rows = None
+    if router_init == "routing":
+        rows = [np.stack([e.routing[i] for e in experts]) for i in range(len(experts[0].routing))]
+    build = build_text_moe_from_experts if hasattr(model, "bert") else build_moe_from_experts
+    return build(model, [e.state for e in experts], rows, top_k=min(mcfg.top_k, len(experts)),
+                 seed=derive_seed(seed, "router-init"), context=use_context, lambda_init=mcfg.lambda_init,
+                 train_lambda=use_context)
+
+
+def finetune(moe: nn.Module, inputs, labels: torch.Tensor, mcfg: MetaMoEConfig, seed: int) -> float:
+    """DESIGN step 8: routers, LoRAs and lambdas on (proxy) data, SGD momentum 0.9; returns the last loss.
+
+    Lambdas are clamped back into [0, 1] after every step.
+    """
+    params = [p for p in moe.parameters() if p.requires_grad]
+    n = int(labels.shape[0])
+    if mcfg.finetune_epochs == 0 or n == 0 or not params:
+        return float("nan")
+    opt = torch.optim.SGD(params, lr=mcfg.finetune_lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "finetune"))
+    moe.train()
+    last = float("nan")
+    for _ in range(mcfg.finetune_epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, mcfg.finetune_batch):
+            idx = order[start:start + mcfg.finetune_batch]
+            loss = F.cross_entropy(moe(ExpertModel.index(inputs, idx)), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if hasattr(moe, "clamp_lambdas_"):
+                moe.clamp_lambdas_()
+            total += float(loss.detach()) * len(idx)
+        last = total / n
+    moe.eval()
+    return last
+
+
+Predict = Callable[[object], torch.Tensor]   # prepared inputs -> logits or probabilities [B, C]
+
+
+@torch.no_grad()
+def mixed_domain_accuracy(predict: Predict, ws: Workspace, seed: int, batch_size: int = 256,
+                          domain_aware: bool = False) -> dict[str, float]:
+    """Accuracy per domain on the held-out test sets, evaluated in shuffled batches that mix
+    all domains (a batch never reveals its domain). `domain_aware=True` passes the true domain
+    of each sample to `predict(inputs, domains)` (oracle routing baseline only)."""
+    bench = ws.benchmark
+    parts = [ws.domain_test(d) for d in range(len(bench.domains))]
+    doms = torch.cat([torch.full((len(y),), d, dtype=torch.long) for d, (_, y) in enumerate(parts)])
+    labels = torch.cat([y for _, y in parts])
+    inputs = concat_inputs([x for x, _ in parts])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(derive_seed(seed, "eval-order")))
+    correct = torch.zeros(len(labels), dtype=torch.bool)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = ExpertModel.index(inputs, idx)
+        out = predict(batch, doms[idx]) if domain_aware else predict(batch)
+        correct[idx] = out.argmax(1) == labels[idx]
+    result = {f"acc/{name}": float(correct[doms == d].float().mean()) for d, name in enumerate(bench.domain_names)}
+    result["acc-mean"] = float(np.mean([result[f"acc/{n}"] for n in bench.domain_names]))
+    return result
+
+
+def concat_inputs(xs):
+    """Concatenate prepared inputs (Tensors, or dicts of equally padded Tensors) along the batch."""
+    if isinstance(xs[0], dict):
+        return {k: torch.cat([x[k] for x in xs]) for k in xs[0]}
+    return torch.cat(xs)
+
+
+# ------------------------------------------------------- baseline combines ----
+def ensemble_predict(model: ExpertModel, states: list[State]) -> Predict:
+    """BTM: the mean of the experts' output distributions (each expert sees every input)."""
+    def predict(inputs):
+        probs = 0
+        for st in states:
+            model.load_expert_state(st)
+            probs = probs + torch.softmax(model(inputs), dim=1)
+        return probs / len(states)
+    return predict
+
+
+def soup_predict(model: ExpertModel, experts: list[Expert]) -> Predict:
+    """ModelSoup: one model with the example-weighted average of the expert weights."""
+    soup = weighted_average([e.state for e in experts], [e.weight for e in experts])
+
+    def predict(inputs):
+        model.load_expert_state(soup)
+        return model(inputs)
+    return predict
+
+
+def oracle_predict(model: ExpertModel, experts: list[Expert]) -> Callable[[object, torch.Tensor], torch.Tensor]:
+    """Separate experts with oracle routing: each sample goes to an expert of its true domain
+    (the first, by name, when several clients share a domain in one-expert-per-client mode)."""
+    by_domain: dict[int, State] = {}
+    for e in sorted(experts, key=lambda e: e.name):
+        by_domain.setdefault(e.domain, e.state)
+
+    def predict(inputs, domains: torch.Tensor):
+        out = None
+        for d in domains.unique().tolist():
+            mask = domains == d
+            model.load_expert_state(by_domain[d])
+            logits = model(ExpertModel.index(inputs, mask.nonzero().squeeze(1)))
+            if out is None:
+                out = torch.zeros(len(domains), logits.shape[1])
+            out[mask] = logits
+        return out
+    return predict

@@ -1,0 +1,12 @@
+"""ModelSoup baseline (Wortsman et al. 2022): one model with the example-weighted average of
+the experts' weights. Experts see private data only."""
+
+from fedmoe_sim import unification as uni
+from strategies.metamoe import MetaMoEStrategy
+
+
+class ModelSoupStrategy(MetaMoEStrategy):
+    forced = {"metamoe.proxy_training": False}
+
+    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
+        return uni.mixed_domain_accuracy(uni.soup_predict(self.ws.model, experts), self.ws, self.fed.cfg.seed)

@@ -1,0 +1,12 @@
+"""Separate experts with oracle routing: every test sample goes to an expert of its true
+domain. Not deployable (needs the domain label at test time); a reference point. Experts
+train as MetaMoE's do (set metamoe.proxy_training=false for private data only)."""
+
+from fedmoe_sim import unification as uni
+from strategies.metamoe import MetaMoEStrategy
+
+
+class SeparateExpertsStrategy(MetaMoEStrategy):
+    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
+        predict = uni.oracle_predict(self.ws.model, experts)
+        return uni.mixed_domain_accuracy(predict, self.ws, self.fed.cfg.seed, domain_aware=True)

@@ -1,0 +1,14 @@
+"""Zero-shot baseline: the frozen pretrained backbone alone (no expert, no training, no
+communication). For the digits mixer the initial LoRA expert is an exact zero delta."""
+
+from fedmoe_sim import unification as uni
+from strategies.metamoe import MetaMoEStrategy
+
+
+class ZeroShotStrategy(MetaMoEStrategy):
+    forced = {"federation.rounds": 0}
+    needs_experts = False
+
+    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
+        self.ws.load(None)
+        return uni.mixed_domain_accuracy(self.ws.model, self.ws, self.fed.cfg.seed)
