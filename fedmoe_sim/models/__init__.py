@@ -15,11 +15,14 @@ from fedmoe_sim.data.base import Benchmark
 from fedmoe_sim.models.expert_model import ExpertModel
 from fedmoe_sim.models.lora import LoRALinear, lora_disabled
 from fedmoe_sim.models.mixer import MixerExpertModel, random_translate
-from fedmoe_sim.models.moe import LoRAMoELinear, MoEFFN, MoEMixer, TopKRouter, build_moe_from_experts
+from fedmoe_sim.models.moe import (LoRAMoELinear, MoEFFN, MoEMixer, TopKRouter, UnifiedMoE, build_moe_from_experts,
+                                   mean_routing_vectors, routing_inputs)
+from fedmoe_sim.models.text_moe import TextMoE, build_text_moe_from_experts, text_ffn_inputs
 
 __all__ = [
-    "ExpertModel", "LoRALinear", "LoRAMoELinear", "MixerExpertModel", "MoEFFN", "MoEMixer", "TopKRouter",
-    "build_model", "build_moe_from_experts", "lora_disabled", "random_translate",
+    "ExpertModel", "LoRALinear", "LoRAMoELinear", "MixerExpertModel", "MoEFFN", "MoEMixer", "TextMoE", "TopKRouter",
+    "UnifiedMoE", "build_model", "build_moe_from_experts", "build_text_moe_from_experts", "lora_disabled",
+    "mean_routing_vectors", "random_translate", "routing_inputs", "text_ffn_inputs",
 ]
 
 

@@ -9,10 +9,11 @@ z_t `[B, T, D]` the token's FFN input after its norm, c `[B, D]` the mean of the
 sample's frozen-backbone (M0, no expert) hidden states at that layer over its own
 tokens. Never a batch mean: the public code's batch-averaged context leaks the domain
 of single-domain test batches into the router. lambda is one scalar per layer, clamped
-to [0, 1] in the forward; `clamp_lambdas_()` also clamps the raw parameter in place
-after each optimiser step, because clamp's gradient is 0 outside [0, 1] and an
-unclamped raw value could never come back. `context=False` fixes lambda at 0
-(the "no context router" ablation, FlexOlmo-style routing).
+to [0, 1] in the forward (straight-through: the gradient ignores the clamp, so a
+lambda at 0 or 1 can still move back in), and `clamp_lambdas_()` clamps the raw
+parameter in place after each optimiser step, so the raw value never drifts outside
+[0, 1], where the gradient would push on a value the forward does not use.
+`context=False` fixes lambda at 0 (the "no context router" ablation, FlexOlmo-style).
 
 Gradient to the router (DESIGN "defects we must not copy"): with top-1 and the
 selected weight renormalised to 1, the output does not depend on the router's
@@ -64,8 +65,15 @@ class TopKRouter(nn.Module):
         self.context, self.train_lambda = bool(context), bool(train_lambda)
 
     def lambda_value(self) -> torch.Tensor:
-        """The lambda the forward uses, `[1]`: clamp(lam, 0, 1), or 0 without context."""
-        return self.lam.clamp(0.0, 1.0) if self.context else torch.zeros_like(self.lam)
+        """The lambda the forward uses, `[1]`: clamp(lam, 0, 1), or 0 without context.
+
+        Straight-through clamp: the value is clamped, the gradient passes as if it were
+        not. torch.clamp's gradient is 0 AT the bounds too, so a lambda that
+        `clamp_lambdas_()` put on 0 or 1 would otherwise never move again.
+        """
+        if not self.context:
+            return torch.zeros_like(self.lam)
+        return self.lam + (self.lam.clamp(0.0, 1.0) - self.lam).detach()
 
     def mix(self, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """z~ = (1 - lambda) h + lambda c: `h [B, T, D]`, per-sample `context [B, D]` -> `[B, T, D]`."""

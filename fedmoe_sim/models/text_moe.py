@@ -65,15 +65,17 @@ def text_ffn_inputs(model: TextExpertModel, inputs: Batch) -> tuple[list[torch.T
             h.remove()
     if len(captured) != len(hooks):
         raise RuntimeError(f"expected one FFN input per layer ({len(hooks)}), got {len(captured)}")
-    _, mask = _trimmed(inputs)
-    return captured, mask.bool()
+    return captured, inputs["attention_mask"][:, :captured[0].shape[1]].bool()
 
 
 class TextMoE(UnifiedMoE):
     """Frozen MiniLM with a K-expert LoRA MoE FFN per layer, a router per layer and a head.
 
     Trainable: routers, stacked LoRAs, lambdas, head. forward(dict(input_ids,
-    attention_mask) `[B, L]`) -> logits `[B, classes]`.
+    attention_mask) `[B, L]`) -> logits `[B, classes]`. With context, a forward costs
+    one extra no-grad encoder pass (M0, for c). Build it on the source model's device
+    and never `.to()` it: that would move the frozen tensors it shares with every
+    TextExpertModel in the process.
     """
 
     def __init__(self, frozen: nn.ModuleDict, config, ffns: Sequence[MoEFFN], routers: Sequence[TopKRouter],
