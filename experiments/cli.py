@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def headline(summary) -> str:
     """One line a user reads after a run: accuracy, worst client, bytes, time."""
     final = summary.final
-    acc = final.get("client-eval/acc-mean", float("nan"))
+    acc = final.get("acc-mean", float("nan"))
     worst = final.get("client-eval/worst-client-acc", float("nan"))
     mib = 1024 * 1024
     return (f"{summary.strategy} seed {summary.seed}: mean accuracy {100 * acc:.1f}% over domains, "

@@ -172,6 +172,8 @@ class MetaMoEConfig:
     routing_on_proxies: bool = True    # routing vectors over private + proxies (False: private only, FlexOlmo)
     lambda_init: float = 0.3           # context weight at start, per layer, clamped to [0, 1] (paper code, CV)
     top_k: int = 1                     # experts per token at inference (paper: 1)
+    straight_through: bool = False     # selected experts at full weight, router trained through the softmax
+                                       # gradient (ours); false: the selected softmax weight itself (measured better on digits)
     expert_per: str = "client"         # client: one expert per client (paper, one-shot upload); domain: the
                                        # clients of a domain train one expert by FedAvg over the rounds
     relevance_epochs: int = 30         # relevance probe epochs (ours)
@@ -312,7 +314,7 @@ def normalise_key(key: str) -> str:
     return key.strip().replace("-", "_")
 
 
-def resolve_config(*layers: dict[str, Any]) -> RunConfig:
+def resolve_config(*layers: dict[str, Any], warn: bool = True) -> RunConfig:
     """Build a RunConfig from flat override layers (later layers win).
 
     Raises ConfigError on unknown keys, wrong types or out-of-range values.
@@ -339,7 +341,8 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
     for sec, values in sections.items():
         top[sec] = hints[sec](**values)
     cfg = RunConfig(**top)
-    _warn_degenerate(cfg)
+    if warn:
+        _warn_degenerate(cfg)
     return cfg
 
 

@@ -108,7 +108,7 @@ def build_unified(model: ExpertModel, experts: list[Expert], mcfg: MetaMoEConfig
     build = build_text_moe_from_experts if hasattr(model, "bert") else build_moe_from_experts
     return build(model, [e.state for e in experts], rows, top_k=min(mcfg.top_k, len(experts)),
                  seed=derive_seed(seed, "router-init"), context=use_context, lambda_init=mcfg.lambda_init,
-                 train_lambda=use_context)
+                 train_lambda=use_context, straight_through=mcfg.straight_through)
 
 
 def finetune(moe: nn.Module, inputs, labels: torch.Tensor, mcfg: MetaMoEConfig, seed: int) -> float:

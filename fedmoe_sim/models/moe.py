@@ -53,7 +53,8 @@ class TopKRouter(nn.Module):
     """
 
     def __init__(self, d_model: int, num_experts: int, top_k: int = 1, renormalize: bool = False,
-                 context: bool = False, lambda_init: float = 0.3, train_lambda: bool = True):
+                 context: bool = False, lambda_init: float = 0.3, train_lambda: bool = True,
+                 straight_through: bool = False):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, {num_experts}] (got {top_k})")
@@ -61,7 +62,7 @@ class TopKRouter(nn.Module):
             raise ValueError(f"lambda_init must be in [0, 1] (got {lambda_init})")
         self.gate = nn.Linear(d_model, num_experts, bias=False)
         self.lam = nn.Parameter(torch.full((1,), float(lambda_init)), requires_grad=context and train_lambda)
-        self.top_k, self.renormalize = top_k, renormalize
+        self.top_k, self.renormalize, self.straight_through = top_k, renormalize, straight_through
         self.context, self.train_lambda = bool(context), bool(train_lambda)
 
     def lambda_value(self) -> torch.Tensor:
@@ -88,7 +89,12 @@ class TopKRouter(nn.Module):
         probs = torch.softmax(self.gate(self.mix(h, context)), dim=-1)
         top = probs.topk(self.top_k, dim=-1)
         vals = top.values
-        if self.renormalize:
+        if self.straight_through:
+            # forward: the selected experts at full strength (weights sum to 1, as a top-1
+            # MoE deploys); backward: the gradient of their softmax probabilities, so the
+            # router and lambda still learn (plain renormalised top-1 would give them none)
+            vals = (vals / vals.sum(dim=-1, keepdim=True)).detach() + vals - vals.detach()
+        elif self.renormalize:
             vals = vals / vals.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter(-1, top.indices, vals), probs
 
@@ -298,7 +304,8 @@ def check_expert_states(model: ExpertModel, expert_states: Sequence[dict[str, np
 def build_moe_from_experts(model: ExpertModel, expert_states: Sequence[dict[str, np.ndarray]],
                            router_init: Sequence[np.ndarray] | None = None, top_k: int = 1,
                            renormalize: bool = False, seed: int = 0, context: bool = True,
-                           lambda_init: float = 0.3, train_lambda: bool = True) -> MoEMixer:
+                           lambda_init: float = 0.3, train_lambda: bool = True,
+                           straight_through: bool = False) -> MoEMixer:
     """Unify K digits experts (MixerExpertModel expert states) into one MoEMixer.
 
     router_init: see `make_routers`. context / lambda_init / train_lambda: the
@@ -320,7 +327,7 @@ def build_moe_from_experts(model: ExpertModel, expert_states: Sequence[dict[str,
         ffns.append(MoEFFN(fc1.base, fc2.base, stacked, fc1.scale))
     routers = make_routers(net.blocks[0].ffn.fc1.base.in_features, len(expert_states), len(net.blocks),
                            router_init, seed, dev, top_k=top_k, renormalize=renormalize, context=context,
-                           lambda_init=lambda_init, train_lambda=train_lambda)
+                           lambda_init=lambda_init, train_lambda=train_lambda, straight_through=straight_through)
     return MoEMixer(net, ffns, routers)
 
 

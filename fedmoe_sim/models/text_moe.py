@@ -133,7 +133,8 @@ def _lora_scale(model: TextExpertModel) -> float:
 def build_text_moe_from_experts(model: TextExpertModel, expert_states: Sequence[dict[str, np.ndarray]],
                                 router_init: Sequence[np.ndarray] | None = None, top_k: int = 1,
                                 renormalize: bool = False, seed: int = 0, context: bool = True,
-                                lambda_init: float = 0.3, train_lambda: bool = True) -> TextMoE:
+                                lambda_init: float = 0.3, train_lambda: bool = True,
+                                straight_through: bool = False) -> TextMoE:
     """Unify K text experts (TextExpertModel expert states) into one TextMoE.
 
     router_init: per layer `[K, D]` routing vectors as rows (None: random from `seed`).
@@ -167,7 +168,7 @@ def build_text_moe_from_experts(model: TextExpertModel, expert_states: Sequence[
     d = base.config.hidden_size
     routers = make_routers(d, len(expert_states), len(layers), router_init, seed, dev, top_k=top_k,
                            renormalize=renormalize, context=context, lambda_init=lambda_init,
-                           train_lambda=train_lambda)
+                           train_lambda=train_lambda, straight_through=straight_through)
     head = nn.Linear(d, model.num_classes, device=dev)
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))

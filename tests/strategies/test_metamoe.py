@@ -1,0 +1,82 @@
+"""MetaMoE end to end in a Flower simulation (small): one-shot upload, what leaves a client, unification."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.catalogue import build_config
+from experiments.runner import run_many
+from fedmoe_sim import unification as uni
+from fedmoe_sim import wire
+from fedmoe_sim.workspace import get_workspace
+from strategies import _federation
+
+SMALL = {"federation.rounds": 2, "data.samples_per_client": 20, "model.pretrain_steps": 200,
+         "train.local_epochs": 1, "simulation.num_workers": 2, "metamoe.candidates": 80, "metamoe.proxies": 20,
+         "metamoe.relevance_epochs": 5, "metamoe.finetune_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("metamoe")
+    captured: list = []
+    original = _federation.wire.read_replies
+
+    def capture(replies, spec, expected=None):
+        replies = list(replies)
+        captured.extend(replies)
+        return original(replies, spec, expected)
+
+    cfgs = [build_config("metamoe-digits", {**SMALL, "strategy": "metamoe", "out": str(tmp / "one-shot")}),
+            build_config("metamoe-digits", {**SMALL, "strategy": "metamoe", "federation.num_clients": 8,
+                                            "metamoe.expert_per": "domain", "out": str(tmp / "per-domain")}),
+            build_config("metamoe-digits", {**SMALL, "strategy": "zeroshot"})]
+    _federation.wire.read_replies = capture
+    try:
+        summaries = run_many(cfgs, show_progress=False)
+    finally:
+        _federation.wire.read_replies = original
+    return {"cfgs": cfgs, "summaries": summaries, "replies": captured, "tmp": tmp}
+
+
+def test_only_proxies_experts_and_routing_vectors_leave_a_client(runs):
+    ws = get_workspace(runs["cfgs"][0])
+    spec, backbone = ws.model.expert_spec(), ws.model.backbone_state()
+    uploads = 0
+    for msg in runs["replies"]:
+        for name, record in msg.content.array_records.items():
+            arrays = wire.from_record(record)
+            assert not set(arrays) & set(backbone)
+            if name.startswith(wire.EXPERT_PREFIX):
+                assert set(arrays) == set(spec)
+            else:
+                assert name.startswith(wire.EXTRAS_PREFIX)
+                assert set(arrays) == {uni.PROXIES, *(f"{uni.ROUTING_PREFIX}{i}" for i in range(3))}
+                assert arrays[uni.PROXIES].dtype == np.int64 and len(arrays[uni.PROXIES]) == 20
+                uploads += 1
+    assert uploads == 4 + 8          # one upload per client of both MetaMoE runs, nothing from zero-shot
+
+
+def test_one_shot_mode_uploads_once_and_unifies(runs):
+    rows = [json.loads(line) for line in (runs["tmp"] / "one-shot" / "rounds.jsonl").read_text().splitlines()]
+    assert rows[0]["bytes-up"] == 0                     # round 1: experts stay on the clients
+    assert rows[-1]["bytes-up"] > 0                     # the one-shot upload
+    last = rows[-1]
+    assert 0 <= last["server-eval/acc-mean"] <= 1
+    assert last["acc-mean"] == last["server-eval/acc-mean"]
+    lambdas = [last[f"server-eval/lambda/{i}"] for i in range(3)]
+    assert all(0 <= v <= 1 for v in lambdas) and any(abs(v - 0.3) > 1e-4 for v in lambdas)   # lambda trained
+    assert last["server-eval/finetune-examples"] > 20
+
+
+def test_per_domain_mode_trains_domain_experts_federatedly(runs):
+    rows = [json.loads(line) for line in (runs["tmp"] / "per-domain" / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["bytes-up"] > 0 for r in rows)         # FedAvg within each domain every round
+    assert "server-eval/acc/rot90" in rows[-1]
+
+
+def test_zero_shot_trains_nothing_and_sends_nothing(runs):
+    zs = runs["summaries"][2]
+    assert zs.rounds == 0 and zs.bytes_up == 0
+    assert 0 < zs.final["acc-mean"] < 1
