@@ -98,14 +98,16 @@ def build_unified(model: ExpertModel, experts: list[Expert], mcfg: MetaMoEConfig
     """DESIGN steps 6-7: base FFN + each expert's LoRA delta per layer; router rows = the
     routing vectors as is (`router_init="routing"`) or random (BTX); context-aware router
     with learnable lambda unless `context` (default: mcfg.context_router) is off."""
-    from fedmoe_sim.models.moe import build_moe_from_experts
-    from fedmoe_sim.models.text_moe import build_text_moe_from_experts
+    from fedmoe_sim.models import build_moe_from_experts, build_text_moe_from_experts, build_vit_moe_from_experts
+    from fedmoe_sim.models.text import TextExpertModel
+    from fedmoe_sim.models.vit import VitExpertModel
 
     use_context = mcfg.context_router if context is None else context
     rows = None
     if router_init == "routing":
         rows = [np.stack([e.routing[i] for e in experts]) for i in range(len(experts[0].routing))]
-    build = build_text_moe_from_experts if hasattr(model, "bert") else build_moe_from_experts
+    build = (build_text_moe_from_experts if isinstance(model, TextExpertModel)
+             else build_vit_moe_from_experts if isinstance(model, VitExpertModel) else build_moe_from_experts)
     return build(model, [e.state for e in experts], rows, top_k=min(mcfg.top_k, len(experts)),
                  seed=derive_seed(seed, "router-init"), context=use_context, lambda_init=mcfg.lambda_init,
                  train_lambda=use_context, straight_through=mcfg.straight_through)
@@ -166,6 +168,30 @@ def mixed_domain_accuracy(predict: Predict, ws: Workspace, seed: int, batch_size
     result = {f"acc/{name}": float(correct[doms == d].float().mean()) for d, name in enumerate(bench.domain_names)}
     result["acc-mean"] = float(np.mean([result[f"acc/{n}"] for n in bench.domain_names]))
     return result
+
+
+@torch.no_grad()
+def client_accuracy(predict: Predict, ws: Workspace, domain_aware: bool = False) -> dict[int, dict[str, float]]:
+    """What each client would measure on its own held-out split with the final model
+    (computed where the splits are: the simulation's server). Keys as client evaluation."""
+    out = {}
+    for split in ws.splits:
+        x, y = ws.test_data(split.client_id)
+        if len(y) == 0:
+            continue
+        logits = predict(x, torch.full((len(y),), split.domain, dtype=torch.long)) if domain_aware else predict(x)
+        out[split.client_id] = {"acc-own": float((logits.argmax(1) == y).float().mean()),
+                                "num-examples": float(len(y)), "domain": float(split.domain)}
+    return out
+
+
+@dataclass
+class Combined:
+    """A unification result: how it predicts, and what else to report (fine-tuning loss, lambdas)."""
+
+    predict: Callable
+    domain_aware: bool = False      # the oracle baseline needs each sample's true domain
+    metrics: dict[str, float] | None = None
 
 
 def concat_inputs(xs):

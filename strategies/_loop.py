@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmoe_sim import wire
@@ -53,6 +53,13 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float, progress: 
         log.warning("round %d %s: %d of %d node(s) did not reply within %.0fs; going on without them",
                     server_round, phase, len(pending), len(messages), timeout)
     return replies
+
+
+def warm_up(grid: Grid, timeout: float) -> None:
+    """Ask every node once before the first run, so worker start-up (imports, actor
+    creation) is not billed to the first run's wall time and rounds."""
+    nodes = list(grid.get_node_ids())
+    exchange(grid, [Message(RecordDict(), node, MessageType.QUERY) for node in nodes], timeout)
 
 
 def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:

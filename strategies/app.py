@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from experiments.catalogue import build_config
 from experiments.registry import get_method
 from fedmoe_sim.config import ConfigError, RunConfig
-from strategies._loop import run_server
+from strategies._loop import run_server, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def make_server_app(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], st
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
+        warm_up(grid, cfgs[0].federation.round_timeout)
         for i, (cfg, method) in enumerate(zip(cfgs, methods, strict=True)):
             summary = run_server(grid, cfg, method, prefix(i, cfg) if prefix else "", show_progress)
             if results is not None:

@@ -8,6 +8,5 @@ from strategies.metamoe import MetaMoEStrategy
 class BTMStrategy(MetaMoEStrategy):
     forced = {"metamoe.proxy_training": False}
 
-    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
-        predict = uni.ensemble_predict(self.ws.model, [e.state for e in experts])
-        return uni.mixed_domain_accuracy(predict, self.ws, self.fed.cfg.seed)
+    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+        return uni.Combined(uni.ensemble_predict(self.ws.model, [e.state for e in experts]))

@@ -78,7 +78,14 @@ class MetaMoEStrategy(FedAvgStrategy):
             msgs = self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(everyone), phase="upload")
             got = self.fed.collect(server_round, exchange(msgs, "upload"), self.spec if not self.per_domain else None, everyone)
             experts = self.experts_from(got)
-        metrics = self.combine(experts)
+        combined = self.combine(experts)
+        seed = self.fed.cfg.seed
+        metrics = uni.mixed_domain_accuracy(combined.predict, self.ws, seed, domain_aware=combined.domain_aware)
+        metrics.update(combined.metrics or {})
+        per_client = uni.client_accuracy(combined.predict, self.ws, combined.domain_aware)
+        own = [m["acc-own"] for m in per_client.values()]
+        metrics["worst-client-acc"] = min(own) if own else float("nan")
+        self.fed.last_eval = per_client     # the final model's per-client numbers, not the experts'
         return {f"server-eval/{k}": v for k, v in metrics.items()}
 
     def experts_from(self, got: wire.Unpacked) -> list[uni.Expert]:
@@ -92,18 +99,14 @@ class MetaMoEStrategy(FedAvgStrategy):
         names = self.ws.benchmark.domain_names
         return [uni.domain_expert(names[d], d, self.domain_state[d], p) for d, p in sorted(parts.items())]
 
-    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
+    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
         """Unified MoE fine-tuned on the proxy union (DESIGN steps 6-8)."""
         seed = self.fed.cfg.seed
         moe = uni.build_unified(self.ws.model, experts, self.mcfg, seed, self.router_init)
         x, y = self.finetune_data(experts)
-        loss = uni.finetune(moe, x, y, self.mcfg, seed)
-        out = uni.mixed_domain_accuracy(moe, self.ws, seed)
-        out["finetune-loss"] = loss
-        out["finetune-examples"] = float(len(y))
-        for i, lam in enumerate(getattr(moe, "lambdas", lambda: [])()):
-            out[f"lambda/{i}"] = float(lam)
-        return out
+        metrics = {"finetune-loss": uni.finetune(moe, x, y, self.mcfg, seed), "finetune-examples": float(len(y))}
+        metrics.update({f"lambda/{i}": float(lam) for i, lam in enumerate(moe.lambdas())})
+        return uni.Combined(moe, metrics=metrics)
 
     def finetune_data(self, experts: list[uni.Expert]):
         return self.ws.public_data(uni.proxy_union(experts))

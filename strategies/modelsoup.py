@@ -8,5 +8,5 @@ from strategies.metamoe import MetaMoEStrategy
 class ModelSoupStrategy(MetaMoEStrategy):
     forced = {"metamoe.proxy_training": False}
 
-    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
-        return uni.mixed_domain_accuracy(uni.soup_predict(self.ws.model, experts), self.ws, self.fed.cfg.seed)
+    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+        return uni.Combined(uni.soup_predict(self.ws.model, experts))

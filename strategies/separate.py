@@ -7,6 +7,5 @@ from strategies.metamoe import MetaMoEStrategy
 
 
 class SeparateExpertsStrategy(MetaMoEStrategy):
-    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
-        predict = uni.oracle_predict(self.ws.model, experts)
-        return uni.mixed_domain_accuracy(predict, self.ws, self.fed.cfg.seed, domain_aware=True)
+    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+        return uni.Combined(uni.oracle_predict(self.ws.model, experts), domain_aware=True)

@@ -9,6 +9,6 @@ class ZeroShotStrategy(MetaMoEStrategy):
     forced = {"federation.rounds": 0}
     needs_experts = False
 
-    def combine(self, experts: list[uni.Expert]) -> dict[str, float]:
+    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
         self.ws.load(None)
-        return uni.mixed_domain_accuracy(self.ws.model, self.ws, self.fed.cfg.seed)
+        return uni.Combined(self.ws.model)

@@ -18,11 +18,14 @@ from fedmoe_sim.models.mixer import MixerExpertModel, random_translate
 from fedmoe_sim.models.moe import (LoRAMoELinear, MoEFFN, MoEMixer, TopKRouter, UnifiedMoE, build_moe_from_experts,
                                    mean_routing_vectors, routing_inputs)
 from fedmoe_sim.models.text_moe import TextMoE, build_text_moe_from_experts, text_ffn_inputs
+from fedmoe_sim.models.vit import VitExpertModel
+from fedmoe_sim.models.vit_moe import VitMoE, build_vit_moe_from_experts
 
 __all__ = [
     "ExpertModel", "LoRALinear", "LoRAMoELinear", "MixerExpertModel", "MoEFFN", "MoEMixer", "TextMoE", "TopKRouter",
-    "UnifiedMoE", "build_model", "build_moe_from_experts", "build_text_moe_from_experts", "lora_disabled",
-    "mean_routing_vectors", "random_translate", "routing_inputs", "text_ffn_inputs",
+    "UnifiedMoE", "VitExpertModel", "VitMoE", "build_model", "build_moe_from_experts", "build_text_moe_from_experts",
+    "build_vit_moe_from_experts", "lora_disabled", "mean_routing_vectors", "random_translate", "routing_inputs",
+    "text_ffn_inputs",
 ]
 
 
@@ -30,7 +33,9 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
     """Frozen shared backbone + one trainable expert (reset from seed 0) for `benchmark`.
 
     "mixer": image benchmarks with 8x8 inputs; the backbone is pretrained on
-    `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks.
+    `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks. "vit": image
+    benchmarks of any [C, H, W]; a transformers ViT from seed 0, or the ViT/CLIP
+    checkpoint in the local directory `cfg.pretrained`.
     """
     if cfg.backbone == "mixer":
         if benchmark.kind != "image" or len(benchmark.input_shape) != 3 or benchmark.input_shape[1:] != (8, 8):
@@ -51,4 +56,9 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         from fedmoe_sim.models.text import TextExpertModel
 
         return TextExpertModel(benchmark.num_classes, cfg, device)
-    raise ValueError(f"model.backbone must be one of mixer, minilm (got {cfg.backbone!r})")
+    if cfg.backbone == "vit":
+        if benchmark.kind != "image" or len(benchmark.input_shape) != 3:
+            raise ValueError(f"model.backbone=vit needs an image benchmark with [C, H, W] inputs "
+                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
+        return VitExpertModel(benchmark.input_shape, benchmark.num_classes, cfg, device)
+    raise ValueError(f"model.backbone must be one of mixer, minilm, vit (got {cfg.backbone!r})")

@@ -335,8 +335,10 @@ def build_moe_from_experts(model: ExpertModel, expert_states: Sequence[dict[str,
 def routing_inputs(model: ExpertModel, inputs) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per MoE layer the FFN input after its norm, `[B, T, D]`, WITH the loaded expert
     applied (what the client's own expert routes on), and the valid-token mask `[B, T]`
-    (bool; mixer: every token valid; text: the attention mask, columns trimmed)."""
-    if isinstance(model, MixerExpertModel):
+    (bool; mixer and ViT: every token valid; text: the attention mask, columns trimmed)."""
+    from fedmoe_sim.models.vit import VitExpertModel
+
+    if isinstance(model, (MixerExpertModel, VitExpertModel)):
         hs = model.ffn_inputs(inputs)
         return hs, torch.ones(hs[0].shape[:2], dtype=torch.bool, device=hs[0].device)
     from fedmoe_sim.models.text import TextExpertModel
@@ -345,7 +347,7 @@ def routing_inputs(model: ExpertModel, inputs) -> tuple[list[torch.Tensor], torc
         from fedmoe_sim.models.text_moe import text_ffn_inputs
 
         return text_ffn_inputs(model, inputs)
-    raise TypeError(f"routing_inputs supports the mixer and MiniLM expert models (got {type(model).__name__})")
+    raise TypeError(f"routing_inputs supports the mixer, MiniLM and ViT expert models (got {type(model).__name__})")
 
 
 @torch.no_grad()

@@ -1,0 +1,134 @@
+"""MetaMoE's unified model for the ViT / CLIP vision backbone (DESIGN steps 5-8, images).
+
+ViT and CLIP layers are pre-LN, as transformers writes them (ViTLayer, CLIPEncoderLayer):
+    t = t + attn(ln1(t));   t = t + FFN(ln2(t)),   FFN = fc2(act(fc1(.)))
+At every layer the FFN becomes the frozen FFN + K LoRA deltas mixed per token by a
+context-aware router (moe.py) whose input is h = ln2(t), the hidden state entering
+that FFN. Experts are the clients' PEFT LoRA A/B read from their expert states; the
+scale alpha / r is PEFT's own (`scaling`) on the source model. Tokens: CLS + patches;
+all are real, so no mask: every mean (router context c, pooled features) is over all
+of a sample's own tokens, never over the batch.
+
+As in text_moe.py, the layer loop is written out around *structural copies* of the
+frozen modules whose tensors ARE the shared ones (`text._share_frozen`): nothing
+shared is modified, not even a train/eval flag, and no frozen weight is duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmoe_sim.models.moe import MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers
+from fedmoe_sim.models.text import _share_frozen
+from fedmoe_sim.models.vit import VitExpertModel, encoder_parts, layer_parts, resize_pixels
+
+
+class VitMoE(UnifiedMoE):
+    """Frozen ViT/CLIP with a K-expert LoRA MoE FFN per layer, a router per layer and a head.
+
+    Trainable: routers, stacked LoRAs, lambdas, head. forward(prepared images `[B, C, H, W]`,
+    as `VitExpertModel.prepare` gives them) -> logits `[B, classes]`. With context, a
+    forward costs one extra no-grad encoder pass (M0, for c). Build it on the source
+    model's device and never `.to()` it: that would move the frozen tensors it shares
+    with every VitExpertModel in the process.
+    """
+
+    def __init__(self, frozen: nn.ModuleDict, image_size: tuple[int, int], ffns: Sequence[MoEFFN],
+                 routers: Sequence[TopKRouter], head: nn.Linear):
+        super().__init__()
+        self.stem, self.final = frozen["stem"], frozen["final"]
+        self.norms1, self.attentions, self.norms2 = frozen["ln1"], frozen["attention"], frozen["ln2"]
+        self.image_size = tuple(image_size)
+        self.ffns, self.routers, self.head = nn.ModuleList(ffns), nn.ModuleList(routers), head
+        self._freeze_all_but_trainable(extra=list(head.parameters()))
+
+    def _attend(self, t: torch.Tensor, ln1: nn.Module, attn: nn.Module) -> torch.Tensor:
+        """t + attn(ln1(t)), `[B, T, D]` (no mask: every token is real)."""
+        return t + attn(ln1(t))[0]
+
+    @torch.no_grad()
+    def contexts(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer c `[B, D]`: each image's mean over its own tokens of M0's (no expert)
+        hidden state entering that layer's FFN. Depends on the image alone, never on the batch."""
+        t = self.stem(resize_pixels(inputs, self.image_size))
+        out = []
+        for ln1, attn, ln2, ffn in zip(self.norms1, self.attentions, self.norms2, self.ffns, strict=True):
+            t = self._attend(t, ln1, attn)
+            h = ln2(t)
+            out.append(h.mean(dim=1))
+            t = t + ffn.base_forward(h)
+        return out
+
+    def forward(self, inputs: torch.Tensor, return_probs: bool = False):
+        """Logits `[B, classes]`; with `return_probs`, also each layer's router probs `[B, T, K]`."""
+        ctx = self.contexts(inputs) if self.uses_context() else [None] * len(self.routers)
+        t = self.stem(resize_pixels(inputs, self.image_size))
+        probs = []
+        for ln1, attn, ln2, ffn, router, c in zip(self.norms1, self.attentions, self.norms2, self.ffns,
+                                                  self.routers, ctx, strict=True):
+            t = self._attend(t, ln1, attn)
+            h = ln2(t)
+            w, p = router(h, c)
+            probs.append(p)
+            t = t + ffn(h, w)
+        logits = self.head(self.final(t).mean(dim=1))
+        return (logits, probs) if return_probs else logits
+
+
+def _lora_scale(fcs: Sequence[nn.Module]) -> float:
+    """PEFT's alpha / r (or alpha / sqrt(r) with rsLoRA) of the FFN LoRA layers: one value for all."""
+    scales = {float(fc.scaling["default"]) for fc in fcs}
+    if len(scales) != 1:
+        raise ValueError(f"VitMoE assumes one LoRA scale for every FFN linear (got {sorted(scales)})")
+    return scales.pop()
+
+
+def build_vit_moe_from_experts(model: VitExpertModel, expert_states: Sequence[dict[str, np.ndarray]],
+                               router_init: Sequence[np.ndarray] | None = None, top_k: int = 1,
+                               renormalize: bool = False, seed: int = 0, context: bool = True,
+                               lambda_init: float = 0.3, train_lambda: bool = True,
+                               straight_through: bool = False) -> VitMoE:
+    """Unify K image experts (VitExpertModel expert states) into one VitMoE.
+
+    router_init: per layer `[K, D]` routing vectors as rows (None: random from `seed`).
+    Head = the mean of the experts' heads, trainable (as for text: each expert trained
+    its own head with its LoRA, so their mean is the soup-style start that step 8 tunes).
+    """
+    if not isinstance(model, VitExpertModel):
+        raise ValueError("build_vit_moe_from_experts needs a VitExpertModel (model.backbone=vit)")
+    check_expert_states(model, expert_states)
+    stem, layers, final, prefix = encoder_parts(model.base_model())
+    parts = [layer_parts(layer) for layer in layers]
+    mlps = [p[3] for p in parts]
+    dev = model.device
+    # Structural copies sharing the frozen tensors; `.get_base_layer()` unwraps PEFT's LoRA Linear.
+    frozen = _share_frozen(nn.ModuleDict({
+        "stem": stem, "final": final,
+        "ln1": nn.ModuleList(p[0] for p in parts),
+        "attention": nn.ModuleList(p[1] for p in parts),
+        "ln2": nn.ModuleList(p[2] for p in parts),
+        "fc1": nn.ModuleList(m.fc1.get_base_layer() for m in mlps),
+        "fc2": nn.ModuleList(m.fc2.get_base_layer() for m in mlps),
+        "act": nn.ModuleList(m.activation_fn for m in mlps),
+    }))
+    scale = _lora_scale([fc for m in mlps for fc in (m.fc1, m.fc2)])
+    ffns = []
+    for i in range(len(layers)):
+        stacked = {                                           # "fc1.lora_A" -> [K, r, in], ...
+            f"{fc}.lora_{ab}": torch.as_tensor(
+                np.stack([st[f"vit.{prefix}.{i}.mlp.{fc}.lora_{ab}.weight"] for st in expert_states]), device=dev)
+            for fc in ("fc1", "fc2") for ab in ("A", "B")}
+        ffns.append(MoEFFN(frozen["fc1"][i], frozen["fc2"][i], stacked, scale, act=frozen["act"][i]))
+    d = model.head.in_features
+    routers = make_routers(d, len(expert_states), len(layers), router_init, seed, dev, top_k=top_k,
+                           renormalize=renormalize, context=context, lambda_init=lambda_init,
+                           train_lambda=train_lambda, straight_through=straight_through)
+    head = nn.Linear(d, model.num_classes, device=dev)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))
+        head.bias.copy_(torch.as_tensor(np.mean([st["head.bias"] for st in expert_states], axis=0)))
+    return VitMoE(frozen, model.image_size, ffns, routers, head)
