@@ -19,9 +19,11 @@ pool at 224x224x3 would take 3.4 GB, and the trainer's +-1 pixel shifts should
 act at the data's own resolution. Bilinear resizing is affine with weights
 summing to 1, so normalising before or after it gives the same pixels.
 
-Layouts: transformers 5 (`ViTModel.layers[i].mlp.fc1`, `CLIPVisionModel.encoder
-.layers[i].mlp.fc1`); the 4.x ViT layout (`encoder.layer[i].intermediate.dense`)
-is rejected with an error rather than guessed at.
+Layouts: module names are transformers 5's (`ViTModel.layers[i].mlp.fc1`,
+`CLIPVisionModel.encoder.layers[i].mlp.fc1`). Checkpoints stored in the 4.x key
+layout (`encoder.layer.i.intermediate.dense`, hub ViTs) load through transformers'
+own key conversion; a checkpoint that leaves any weight uninitialised is refused,
+and under transformers 4.x the module layout is rejected rather than guessed at.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def _quiet_hf() -> Iterator[None]:
 def _checkpoint_stats(path: Path, model_type: str) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) the checkpoint was trained with: its preprocessor_config.json,
     else transformers' defaults for the family (ViT: 0.5/0.5, CLIP: OpenAI's)."""
-    from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from transformers.image_utils import (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN,
+                                          OPENAI_CLIP_STD)
 
     mean, std = ((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if model_type in _CLIP_TYPES
                  else (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD))
@@ -99,10 +102,14 @@ def _random_vit(in_shape: tuple[int, int, int], width: int, layers: int, patch: 
     from transformers import ViTConfig, ViTModel
 
     c, h, w = in_shape
+    heads = max(1, width // 32)                       # heads of width 32 (at least one)
     if h % patch or w % patch:
         raise ValueError(f"model.vit_patch must divide the image size {h}x{w} (got {patch})")
+    if width % heads:
+        raise ValueError(f"model.vit_width must split into {heads} attention heads of width 32 or more, "
+                         f"i.e. be < 64 or a multiple of {heads} (got {width})")
     config = ViTConfig(image_size=h if h == w else (h, w), patch_size=patch, num_channels=c, hidden_size=width,
-                       num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
+                       num_hidden_layers=layers, num_attention_heads=heads,
                        intermediate_size=2 * width, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     with torch.random.fork_rng(devices=[]):           # HF's init draws from the global RNG
         torch.manual_seed(BACKBONE_SEED)
@@ -131,7 +138,12 @@ def _load_checkpoint(pretrained: str, device: str) -> tuple[nn.Module, tuple[lis
         for name in _DROPOUTS:
             if hasattr(config, name):
                 setattr(config, name, 0.0)
-        base = model_cls.from_pretrained(pretrained, config=config, local_files_only=True, **kw)
+        base, info = model_cls.from_pretrained(pretrained, config=config, local_files_only=True,
+                                               output_loading_info=True, **kw)
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:           # would silently be random weights: the report above was silenced
+        raise ValueError(f"model.pretrained {pretrained!r} has no weights for {len(missing)} backbone tensors "
+                         f"(first: {missing[0]!r})")
     return _frozen(base, device), _checkpoint_stats(path, model_type)
 
 
@@ -156,8 +168,8 @@ def encoder_parts(base: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module,
         layers = base.encoder.layers
         stem, final, prefix = nn.Sequential(base.embeddings, base.pre_layrnorm), base.post_layernorm, "encoder.layers"
     else:
-        raise ValueError(f"unsupported {type(base).__name__} module layout: model.backbone=vit expects transformers 5's "
-                         "ViTModel.layers[i].mlp or CLIPVisionModel.encoder.layers[i].mlp")
+        raise ValueError(f"unsupported {type(base).__name__} module layout: model.backbone=vit expects transformers "
+                         "5's ViTModel.layers[i].mlp or CLIPVisionModel.encoder.layers[i].mlp")
     layer_parts(layers[0])
     return stem, layers, final, prefix
 

@@ -140,23 +140,23 @@ def test_routing_vectors_are_token_means_of_ffn_inputs(model, digits_x):
         np.testing.assert_allclose(v, one, atol=1e-5)
 
 
-def _save_vit(path, channels: int = 3, image: int = 16) -> None:
+def _save_vit(path):
+    """A tiny random 3x16x16 ViT with its own mean/std, saved as a hub checkpoint would be."""
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(5)
-    ViTModel(ViTConfig(image_size=image, patch_size=4, num_channels=channels, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.1)).save_pretrained(path)
+    vit = ViTModel(ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.1))
+    vit.save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.2, 0.4, 0.6],
                                                                "image_std": [0.5, 0.25, 0.125]}))
+    return vit.eval()
 
 
 def test_pretrained_vit_checkpoint_loads_offline_with_its_preprocessing(tmp_path, digits_benchmark, digits_x):
-    from transformers import ViTModel
-
-    _save_vit(tmp_path)
+    saved = _save_vit(tmp_path)
     cfg = ModelConfig(backbone="vit", pretrained=str(tmp_path), lora_rank=4)
     model = build_model(digits_benchmark, cfg)                          # 1x8x8 digits -> 3x16x16 checkpoint
-    saved = ViTModel.from_pretrained(tmp_path, local_files_only=True)
     torch.testing.assert_close(model.base_model().get_parameter("layers.1.mlp.fc2.weight"),
                                saved.get_parameter("layers.1.mlp.fc2.weight"))
     assert model.base_model().config.hidden_dropout_prob == 0.0         # dropout off: train == eval
@@ -169,7 +169,7 @@ def test_pretrained_vit_checkpoint_loads_offline_with_its_preprocessing(tmp_path
     assert hs[0].shape == (4, 1 + 16, 32)                                # resized to 16x16: 4x4 patches
     pixels = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
     with torch.no_grad():
-        torch.testing.assert_close(model.features(x), saved.eval()(pixel_values=pixels).last_hidden_state.mean(1))
+        torch.testing.assert_close(model.features(x), saved(pixel_values=pixels).last_hidden_state.mean(1))
 
 
 def test_clip_vision_checkpoint_gets_lora_on_its_mlp(tmp_path):
@@ -200,6 +200,12 @@ def test_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path, digits_bench
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="model_type 'bert'"):
         build_model(digits_benchmark, ModelConfig(backbone="vit", pretrained=str(tmp_path)))
+    partial = tmp_path / "partial"                                      # config asks for a layer the weights lack
+    _save_vit(partial)
+    config = json.loads((partial / "config.json").read_text())
+    (partial / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="has no weights for .* backbone tensors"):
+        build_model(digits_benchmark, ModelConfig(backbone="vit", pretrained=str(partial)))
 
 
 def test_vit_needs_images_and_a_patch_that_fits(digits_benchmark, text_benchmark):
@@ -207,4 +213,6 @@ def test_vit_needs_images_and_a_patch_that_fits(digits_benchmark, text_benchmark
         build_model(text_benchmark, VIT)
     with pytest.raises(ValueError, match="vit_patch must divide"):
         build_model(digits_benchmark, ModelConfig(backbone="vit", vit_width=32, vit_layers=1, vit_patch=3))
+    with pytest.raises(ValueError, match="vit_width must split into 3 attention heads"):
+        build_model(digits_benchmark, ModelConfig(backbone="vit", vit_width=100, vit_layers=1))
     assert isinstance(build_model(digits_benchmark, VIT), VitExpertModel)
