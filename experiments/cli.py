@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="server rounds (federation.rounds)")
     run.add_argument("--seed", type=int, help="seed for data, partitions, sampling and training")
     run.add_argument("--out", help="run directory for config.json, rounds.csv, summary.json")
+    run.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker",
+                     help="Ray GPU share per simulated worker (simulation.gpus_per_worker): a scheduling hint, "
+                          "not a VRAM cap; 0.25 packs 4 workers on one GPU")
+    run.add_argument("--workers", type=int, help="simulated SuperNodes (simulation.num_workers; 0 = one per core)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     sub.add_parser("experiments", help="list the experiment catalogue")
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_overrides(args: argparse.Namespace) -> dict[str, object]:
     values: dict[str, object] = dict(parse_assignments(args.overrides))
     for flag, key in (("strategy", "strategy"), ("clients", "federation.num_clients"), ("rounds", "federation.rounds"),
-                      ("seed", "seed"), ("out", "out")):
+                      ("seed", "seed"), ("out", "out"), ("gpus_per_worker", "simulation.gpus_per_worker"),
+                      ("workers", "simulation.num_workers")):
         value = getattr(args, flag, None)
         if value is not None:
             values[key] = value

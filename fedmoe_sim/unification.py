@@ -164,7 +164,7 @@ def mixed_domain_accuracy(predict: Predict, ws: Workspace, seed: int, batch_size
         idx = order[start:start + batch_size]
         batch = ExpertModel.index(inputs, idx)
         out = predict(batch, doms[idx]) if domain_aware else predict(batch)
-        correct[idx] = out.argmax(1) == labels[idx]
+        correct[idx] = (out.argmax(1) == labels[idx].to(out.device)).cpu()
     result = {f"acc/{name}": float(correct[doms == d].float().mean()) for d, name in enumerate(bench.domain_names)}
     result["acc-mean"] = float(np.mean([result[f"acc/{n}"] for n in bench.domain_names]))
     return result

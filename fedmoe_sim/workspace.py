@@ -47,7 +47,7 @@ class Workspace:
         self.cfg = cfg
         self.benchmark = load_benchmark(cfg.data, cfg.seed)
         self.splits = client_splits(self.benchmark, cfg.data, cfg.federation.num_clients, cfg.seed)
-        self.model = build_model(self.benchmark, cfg.model)
+        self.model = build_model(self.benchmark, cfg.model, device=pick_device(cfg))
         self._prepared: dict[tuple, tuple] = {}
 
     # -- data ---------------------------------------------------------------
@@ -63,7 +63,7 @@ class Workspace:
     def _prep(self, key: tuple, x: np.ndarray, y: np.ndarray):
         hit = self._prepared.get(key)
         if hit is None:
-            hit = (self.model.prepare(x), torch.as_tensor(np.asarray(y), dtype=torch.long))
+            hit = (self.model.prepare(x), torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.model.device))
             self._prepared[key] = hit
         return hit
 
@@ -119,6 +119,11 @@ class Workspace:
         domain = self.splits[cid].domain
         acc_domain = evaluate(self.model, *self.domain_test(domain))[1] if domain >= 0 else float("nan")
         return EvalStats(int(y.shape[0]), loss, acc_own, acc_domain, domain)
+
+
+def pick_device(cfg: RunConfig) -> str:
+    """A worker trains on the GPU when it was given a GPU share and one is visible."""
+    return "cuda" if cfg.simulation.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
 
 
 _WORKSPACES: OrderedDict[tuple, Workspace] = OrderedDict()
