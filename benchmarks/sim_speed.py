@@ -74,15 +74,27 @@ def steady(times: list[float]) -> float:
 
 # ------------------------------------------------------------------ memory ----
 class TreeRSS:
-    """Peak summed RSS of this process and its descendants, per labelled phase."""
+    """Per labelled phase: peak summed RSS of this process and its descendants, and the CPU
+    time the rest of the machine used meanwhile (other users' load makes wall times unreliable)."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.label = "idle"
         self.peaks: dict[str, float] = {}
+        self.samples: list[tuple[float, float, float]] = []   # (end time, seconds, foreign CPU-seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._me = psutil.Process()
+        self._cpu_seen: dict[int, float] = {}
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        """CPU-seconds all cores spent busy since boot (/proc/stat: total - idle - iowait)."""
+        try:
+            f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return float("nan")
+        return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
 
     def sample(self) -> int:
         total = 0
@@ -93,12 +105,47 @@ class TreeRSS:
                 pass
         return total
 
+    def _scan(self) -> tuple[int, float]:
+        """(summed RSS, CPU-seconds the tree used since the last scan)."""
+        total, cpu = 0, 0.0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    total += p.memory_info().rss
+                    t = p.cpu_times()
+                    used = t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            cpu += used - self._cpu_seen.get(p.pid, 0.0)
+            self._cpu_seen[p.pid] = used
+        return total, cpu
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            gib = self.sample() / 2**30
+        self._scan()
+        busy, t = self._machine_busy_s(), time.monotonic()
+        while not self._stop.wait(self.interval):
             label = self.label
-            self.peaks[label] = max(self.peaks.get(label, 0.0), gib)
-            self._stop.wait(self.interval)
+            rss, ours = self._scan()
+            busy2, t2 = self._machine_busy_s(), time.monotonic()
+            self.peaks[label] = max(self.peaks.get(label, 0.0), rss / 2**30)
+            self.samples.append((t2, t2 - t, max(0.0, (busy2 - busy) - ours)))
+            busy, t = busy2, t2
+
+    def foreign_share(self, window: tuple[float, float] | None) -> float | None:
+        """Other processes' CPU use in a time.monotonic() window, as a share of all cores (0 = quiet).
+
+        Samples are 0.5 s apart: a sample counts in proportion to its overlap with the window.
+        """
+        if not window:
+            return None
+        t0, t1 = window
+        cpu = seconds = 0.0
+        for end, dt, foreign in self.samples:
+            overlap = min(end, t1) - max(end - dt, t0)
+            if overlap > 0 and dt > 0:
+                cpu += foreign * overlap / dt
+                seconds += overlap
+        return cpu / (seconds * (os.cpu_count() or 1)) if seconds else None
 
     def __enter__(self) -> "TreeRSS":
         self._thread.start()
@@ -110,8 +157,8 @@ class TreeRSS:
 
 
 # ------------------------------------------------------------ (a) the loop ----
-def run_loop(cfg) -> list[float]:
-    """Per-round seconds of the plain loop: every sampled client in turn on one model, then the server step."""
+def run_loop(cfg) -> list[tuple[float, float]]:
+    """(start, end) of every round of the plain loop: every sampled client in turn on one model, then the server step."""
     from fedmoe_sim.aggregation import weighted_average
     from fedmoe_sim.sampling import client_schedule
     from fedmoe_sim.workspace import Workspace
@@ -122,9 +169,9 @@ def run_loop(cfg) -> list[float]:
     schedule = client_schedule(fed.num_clients, fed.rounds, fed.fraction_train, cfg.seed, "train")
     global_state = ws.initial_expert()
     own: dict[int, dict] = {}
-    times = []
+    spans = []
     for server_round in range(1, fed.rounds + 1):
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         states, weights = [], []
         for cid in schedule[server_round - 1]:
             state, _, n = ws.train_client(cid, server_round, own.get(cid) if personal else global_state)
@@ -135,8 +182,8 @@ def run_loop(cfg) -> list[float]:
                 weights.append(n)
         if not personal:
             global_state = weighted_average(states, weights)
-        times.append(time.perf_counter() - t0)
-    return times
+        spans.append((t0, time.monotonic()))
+    return spans
 
 
 # -------------------------------------------------------------- (b) ours ----
@@ -144,7 +191,10 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) 
     """All cells in ONE simulation (one Ray start-up), as `compare` does; per-round times from rounds.jsonl."""
     cfgs = [workload_config(w, n, c, strategy, rounds, str(out_root / f"b-{w}-{c}-of-{n}")) for w, c, n in cells]
 
+    started: list[float] = []
+
     def mark(i, cfg):
+        started.append(time.monotonic())
         rss.label = "b:%s:%d/%d" % cells[i]
         log(f"(b) ours     {cells[i][0]:9s} {cells[i][1]:4d}/{cells[i][2]} clients")
         return ""
@@ -164,7 +214,7 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) 
         summaries = run_many(cfgs, prefix=mark, show_progress=False)
     rss.label = "idle"
     out = {}
-    for cell, cfg, summary in zip(cells, cfgs, summaries, strict=True):
+    for cell, cfg, summary, t_start in zip(cells, cfgs, summaries, started, strict=True):
         rows = [json.loads(line) for line in (Path(cfg.out) / "rounds.jsonl").read_text().splitlines() if line]
         wall = [0.0] + [float(r["wall-s"]) for r in rows]
         times = [b - a for a, b in zip(wall, wall[1:])]
@@ -174,6 +224,7 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) 
             if per_client != expected:
                 raise RuntimeError(f"{cell}: uploaded {per_client} bytes per client, expected {expected}")
         out[cell] = {"times": times, "rss": rss.peaks.get("b:%s:%d/%d" % cell, float("nan")),
+                     "window": (t_start + wall[1], t_start + wall[-2]),
                      "rejected": sum(r.get("client-train/rejected", 0) for r in rows)}
     return out
 
@@ -205,24 +256,23 @@ def run_naive(cells, strategy, rounds, total, rss: TreeRSS) -> dict:
             replies = list(replies)
             self.ok.append(sum(not m.has_error() for m in replies))
             res = super().aggregate_train(server_round, replies)
-            self.marks.append(time.perf_counter())
+            self.marks.append(time.monotonic())
             return res
 
     def fedavg(grid, workload, cohort, seed=0):
         strat = TimedFedAvg(fraction_train=cohort / total, fraction_evaluate=0.0, min_train_nodes=cohort,
                             min_evaluate_nodes=0, min_available_nodes=total)
         arrays = naive.initial_arrays(workload, total, seed)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         strat.start(grid, arrays, num_rounds=rounds, timeout=timeout,
                     train_config=naive.train_config(workload, total, seed))
-        return [b - a for a, b in zip([t0, *strat.marks], strat.marks)], strat.ok
+        return [t0, *strat.marks], strat.ok
 
     def local(grid, workload, cohort, seed=0):
         nodes = sorted(grid.get_node_ids())
         rng = random.Random(seed)
-        times, ok = [], []
+        marks, ok = [time.monotonic()], []
         for server_round in range(1, rounds + 1):
-            t0 = time.perf_counter()
             msgs = []
             for node in rng.sample(nodes, cohort):
                 conf = naive.train_config(workload, total, seed, upload=False)
@@ -230,8 +280,8 @@ def run_naive(cells, strategy, rounds, total, rss: TreeRSS) -> dict:
                 msgs.append(Message(RecordDict({"config": conf}), node, MessageType.TRAIN))
             replies = grid.send_and_receive(msgs, timeout=timeout)
             ok.append(sum(not m.has_error() for m in replies))
-            times.append(time.perf_counter() - t0)
-        return times, ok
+            marks.append(time.monotonic())
+        return marks, ok
 
     server = ServerApp()
 
@@ -243,8 +293,9 @@ def run_naive(cells, strategy, rounds, total, rss: TreeRSS) -> dict:
         for workload, cohort, n in cells:
             rss.label = f"c:{workload}:{cohort}/{n}"
             log(f"(c) naive    {workload:9s} {cohort:4d}/{n} clients")
-            times, ok = (local if strategy == "local" else fedavg)(grid, workload, cohort)
-            results[(workload, cohort, n)] = {"times": times, "rss": None, "ok": ok}
+            marks, ok = (local if strategy == "local" else fedavg)(grid, workload, cohort)
+            results[(workload, cohort, n)] = {"times": [b - a for a, b in zip(marks, marks[1:])], "rss": None,
+                                              "ok": ok, "window": (marks[1], marks[-2])}
         rss.label = "idle"
 
     quiet_flower()
@@ -335,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         if "a" in modes:
             for cell in main_cells + tiny_cells:
                 log(f"(a) loop     {cell[0]:9s} {cell[1]:4d}/{cell[2]} clients")
-                res["a"][cell] = {"times": run_loop(workload_config(cell[0], cell[2], cell[1], strategy, rounds))}
+                rss.label = "a:%s:%d/%d" % cell
+                spans = run_loop(workload_config(cell[0], cell[2], cell[1], strategy, rounds))
+                res["a"][cell] = {"times": [b - a for a, b in spans], "window": (spans[1][0], spans[-2][1])}
+                rss.label = "idle"
         if "c" in modes:
             res["c"].update(run_naive(naive_cells, strategy, rounds, total, rss))
     if not args.out:
@@ -355,23 +409,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {w:9s} = {WORKLOADS[w].label}")
     print("  (b) tiny runs through benchmarks/_tiny_mlp.py (the framework has no tiny-MLP backbone)")
     head = (f"{'workload':9s} {'clients':>9s} {'(a) loop':>9s} {'(b) ours':>9s} {'(c) naive':>9s} "
-            f"{'b/a':>6s} {'c/b':>6s} {'a ms/cl':>8s} {'b ms/cl':>8s} {'c ms/cl':>8s} {'RSS b GiB':>9s}")
+            f"{'b/a':>6s} {'c/b':>6s} {'a ms/cl':>8s} {'b ms/cl':>8s} {'c ms/cl':>8s} {'RSS b GiB':>9s} "
+            f"{'ext load a/b/c %':>16s}")
     print(head)
     print("-" * len(head))
     rows = []
+    worst_ext = 0.0
     for cell in main_cells + tiny_cells:
         w, c, n = cell
         a, b, cc = s("a", cell), s("b", cell), s("c", cell)
         rss_b = res["b"].get(cell, {}).get("rss")
         f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
         ms = lambda v: None if v is None else 1000 * v / c  # noqa: E731
+        ext = {m: rss.foreign_share(res[m][cell]["window"]) if cell in res[m] else None for m in "abc"}
+        worst_ext = max([worst_ext, *(v for v in ext.values() if v is not None)])
+        ext_txt = "/".join("-" if v is None else f"{100 * v:.0f}" for v in ext.values())
         print(f"{w:9s} {f'{c}/{n}':>9s} {f(a):>9s} {f(b):>9s} {f(cc):>9s} {f(ratio(b, a), 2):>6s} "
-              f"{f(ratio(cc, b), 2):>6s} {f(ms(a), 2):>8s} {f(ms(b), 2):>8s} {f(ms(cc), 2):>8s} {f(rss_b, 2):>9s}")
+              f"{f(ratio(cc, b), 2):>6s} {f(ms(a), 2):>8s} {f(ms(b), 2):>8s} {f(ms(cc), 2):>8s} {f(rss_b, 2):>9s} "
+              f"{ext_txt:>16s}")
         rows.append({"workload": w, "clients_per_round": c, "total_clients": n, "loop_s": a, "ours_s": b,
-                     "naive_s": cc, "rss_b_gib": rss_b})
+                     "naive_s": cc, "rss_b_gib": rss_b,
+                     "ext_load": {m: None if v is None else round(v, 3) for m, v in ext.items()}})
     print(f"peak RSS of the process tree before any simulation: {base_gib:.2f} GiB; "
           f"(c) peak RSS: {max((r['rss'] for r in res['c'].values()), default=float('nan')):.2f} GiB; "
           f"benchmark wall time {elapsed:.0f} s")
+    print("ext load = CPU used by processes outside this benchmark during the timed rounds, as a share of all cores")
+    if worst_ext > 0.10:
+        print(f"WARNING: other processes used up to {100 * worst_ext:.0f}% of the machine during a cell; "
+              "wall times (and (b), which needs both cores, most) are inflated: rerun on a quiet machine")
 
     # ---- JSON (last line)
     hl = lambda w: (w, headline, total)  # noqa: E731
@@ -391,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny_b_via": "benchmarks/_tiny_mlp.py shim",
         "seconds_per_round": rows,
         "wall_s": round(elapsed, 1),
+        "max_external_load": round(worst_ext, 3),
     }
     met = {}
     for key, limit in TARGETS.items():
