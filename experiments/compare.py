@@ -54,7 +54,9 @@ def plan_sweep(args: argparse.Namespace) -> tuple[RunConfig, list[RunConfig], st
     for key in ("strategy", "seed", "out"):
         if key in overrides:
             raise ConfigError(f"--set {key}=... is chosen by compare itself; use --strategies / --seeds / --out")
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] or list(exp.strategies)
+    from experiments.registry import METHODS
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] or list(exp.strategies or METHODS)
     for name in strategies:
         get_method(name)
     if len(set(strategies)) != len(strategies):
