@@ -27,7 +27,7 @@ from fedmoe_sim.training import derive_seed, train_local
 torch.set_num_threads(1)  # as our workers do (simulation.torch_threads = 1)
 
 app = ClientApp()
-STATE_KEY = "own-weights"
+STATE_KEY = "own-weights/"   # + workload: one node hosts several workloads in one benchmark run
 
 
 @lru_cache(maxsize=4)
@@ -77,15 +77,15 @@ def train(msg: Message, context: Context) -> Message:
     cfg, model, x, y = _model_and_data(workload, num_clients, seed, pid)
     if "arrays" in msg.content.array_records:                 # global model (fedavg)
         set_weights(model, msg.content["arrays"], tiny)
-    elif STATE_KEY in context.state.array_records:            # own model (local), from the node context
-        set_weights(model, context.state[STATE_KEY], tiny)
+    elif STATE_KEY + workload in context.state.array_records:  # own model (local), from the node context
+        set_weights(model, context.state[STATE_KEY + workload], tiny)
     stats = train_local(model, x, y, cfg.train, seed=derive_seed(cfg.seed, server_round, pid))
     weights = get_weights(model, tiny)
     content = RecordDict({"metrics": MetricRecord({"num-examples": int(y.shape[0]), "train-loss": stats.loss})})
     if conf.get("upload", 1):
         content["arrays"] = weights
     else:
-        context.state[STATE_KEY] = weights
+        context.state[STATE_KEY + workload] = weights
     return Message(content, reply_to=msg)
 
 

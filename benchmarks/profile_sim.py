@@ -42,8 +42,9 @@ CATEGORIES = [
     ("ours: expert copies (load/expert_state)", ("load_expert_state", "expert_state (", "reset_expert")),
     ("flwr: linkstate/grid", ("linkstate", "inmemory_grid", "vce_api.py")),
     ("flwr: Message/Record objects", ("flwr/app/", "flwr/common/", "flwr/proto", "serde")),
+    ("naive (c): model + tensors built per call", ("_model_and_data", "initial_arrays (_naive")),
+    ("ours: other", ("fedmoe_sim/", "clients/", "strategies/", "experiments/", "_naive_client")),
     ("ray/pickle: task submit/return", ("ray/", "cloudpickle", "pickle", "serialization")),
-    ("ours: other", ("fedmoe_sim/", "clients/", "strategies/", "experiments/")),
     ("flwr: other", ("flwr/",)),
     ("benchmark (RSS sampler)", ("psutil",)),
 ]

@@ -304,9 +304,9 @@ def run_naive(cells, strategy, rounds, total, rss: TreeRSS) -> dict:
                                    "init_args": backend_config(workload_config("realistic", total, total))["init_args"]})
     for cell, res in results.items():
         res["rss"] = rss.peaks.get("c:%s:%d/%d" % cell, float("nan"))
-        bad = [k for k in res["ok"] if k != cell[1]]
-        if bad:
-            log(f"WARNING (c) {cell}: some rounds got fewer than {cell[1]} replies: {res['ok']}")
+        if min(res["ok"]) < cell[1]:
+            log(f"WARNING (c) {cell}: rounds got {res['ok']} valid replies of {cell[1]}: not reported")
+            res["times"] = None
     return results
 
 
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def s(mode, cell):
         r = res[mode].get(cell)
-        return steady(r["times"]) if r else None
+        return steady(r["times"]) if r and r["times"] else None
 
     # ---- table
     print()
@@ -427,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w:9s} {f'{c}/{n}':>9s} {f(a):>9s} {f(b):>9s} {f(cc):>9s} {f(ratio(b, a), 2):>6s} "
               f"{f(ratio(cc, b), 2):>6s} {f(ms(a), 2):>8s} {f(ms(b), 2):>8s} {f(ms(cc), 2):>8s} {f(rss_b, 2):>9s} "
               f"{ext_txt:>16s}")
-        rows.append({"workload": w, "clients_per_round": c, "total_clients": n, "loop_s": a, "ours_s": b,
-                     "naive_s": cc, "rss_b_gib": rss_b,
+        r4 = lambda v: None if v is None else round(v, 4)  # noqa: E731
+        rows.append({"workload": w, "clients_per_round": c, "total_clients": n, "loop_s": r4(a), "ours_s": r4(b),
+                     "naive_s": r4(cc), "rss_b_gib": r4(rss_b),
                      "ext_load": {m: None if v is None else round(v, 3) for m, v in ext.items()}})
     print(f"peak RSS of the process tree before any simulation: {base_gib:.2f} GiB; "
           f"(c) peak RSS: {max((r['rss'] for r in res['c'].values()), default=float('nan')):.2f} GiB; "

@@ -90,7 +90,8 @@ def read_task(content: RecordDict) -> Task:
     cfg = content.config_records[TASK]
     ids = cfg[CLIENT_IDS]
     ids = (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
-    glob = from_record(content.array_records[GLOBAL]) if GLOBAL in content.array_records else None
+    arrays = content.array_records
+    glob = from_record(arrays[GLOBAL]) if GLOBAL in arrays else None
     return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")))
 
 
@@ -162,7 +163,9 @@ def read_replies(
             log.warning("node reply carried an error: %s", msg.error.reason)
             continue
         content = msg.content
-        for name, mrec in content.metric_records.items():
+        # Flower rebuilds these typed views on every property access: take them once per reply
+        metric_records, array_records = content.metric_records, content.array_records
+        for name, mrec in metric_records.items():
             if not name.startswith(METRICS_PREFIX):
                 continue
             cid = int(name[len(METRICS_PREFIX):])
@@ -174,7 +177,7 @@ def read_replies(
                 out.rejected[cid] = "non-finite metrics"
                 continue
             state = None
-            arec = content.array_records.get(f"{EXPERT_PREFIX}{cid}")
+            arec = array_records.get(f"{EXPERT_PREFIX}{cid}")
             if arec is not None:
                 try:
                     state = from_record(arec)
@@ -188,7 +191,7 @@ def read_replies(
                     out.rejected[cid] = reason
                     continue
             extras = None
-            xrec = content.array_records.get(f"{EXTRAS_PREFIX}{cid}")
+            xrec = array_records.get(f"{EXTRAS_PREFIX}{cid}")
             if xrec is not None:
                 try:
                     extras = from_record(xrec)
