@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: the default strategy comparison, offline, with 95% CIs and plots.
 run: $(STAMP)
-	$(BIN)/fedmoe-sim compare --experiment digits-domains --seeds 0,1,2 --out results/main
+	$(BIN)/fedmoe-sim compare --experiment digits-quick --seeds 0,1,2 --out results/main
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

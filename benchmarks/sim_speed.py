@@ -23,10 +23,12 @@ of the per-round wall time (start-up, the first round, where workers build
 data and model, and the last round, where (b) evaluates 20 clients, are
 excluded). (b) per-round times come from its rounds.jsonl ("wall-s").
 Peak RSS: the sum of RSS over this process and all its descendants (Ray's
-GCS, raylet, agents and actors), sampled every 0.5 s, per (b) run.
+GCS, raylet, agents and actors), sampled every 0.5 s, per (b) run. "ext load":
+the CPU share other processes used during a cell's timed rounds; on a shared
+machine it inflates (b), which needs both cores, far more than (a).
 
 Usage:
-  .venv/bin/python benchmarks/sim_speed.py                 # full (~10 min on 2 cores)
+  .venv/bin/python benchmarks/sim_speed.py                 # full (~7.5 min on a quiet 2-core box)
   .venv/bin/python benchmarks/sim_speed.py --quick         # 20 and 100 clients per round
   .venv/bin/python benchmarks/sim_speed.py --strategy local
 The last line printed is one JSON object (ratios, peak RSS, targets).
