@@ -95,4 +95,4 @@ def build_config(experiment: str, overrides: dict[str, Any] | None = None) -> Ru
     exp = get_experiment(experiment)
     layers = [exp.values, {"experiment": experiment}, overrides or {}]
     forced = get_method(resolve_config(*layers, warn=False).strategy).forced
-    return resolve_config(*layers, forced)
+    return resolve_config(*layers, forced, warn="federation.rounds" not in forced)  # zero-shot means rounds = 0

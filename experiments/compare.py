@@ -21,6 +21,8 @@ from fedmoe_sim.progress import format_seconds
 
 SWEEP_FILE = "sweep.json"
 ACC_KEY = "acc-mean"
+ROUND_TITLE = ("Mean accuracy vs round (one-shot unification methods: earlier rounds show\n"
+               "their experts on their own domains, the last round the unified model)")
 
 
 def add_compare_parser(sub) -> None:
@@ -137,7 +139,7 @@ def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argpa
     check_identical_partitions(summaries)
     table_md = tables.write_table(summaries, baseline, out)
     paths = [
-        plots.plot_accuracy_vs_round(curves, out / "accuracy_vs_round.png"),
+        plots.plot_accuracy_vs_round(curves, out / "accuracy_vs_round.png", title=ROUND_TITLE),
         plots.plot_accuracy_vs_bytes(byte_curves, out / "accuracy_vs_bytes.png"),
         plots.plot_per_domain_bars(domains, out / "per_domain.png"),
     ]
