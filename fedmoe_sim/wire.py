@@ -176,38 +176,36 @@ def read_replies(
             if not all(math.isfinite(v) for v in metrics.values()):
                 out.rejected[cid] = "non-finite metrics"
                 continue
-            state = None
-            arec = array_records.get(f"{EXPERT_PREFIX}{cid}")
-            if arec is not None:
-                try:
-                    state = from_record(arec)
-                except Exception as exc:  # a corrupt array must not stop the round
-                    out.uploaded[cid] = sum(len(a.data) for a in arec.values())
-                    out.rejected[cid] = f"undecodable arrays ({exc})"
-                    continue
-                out.uploaded[cid] = state_nbytes(state)
-                reason = _check_state(state, spec) if spec is not None else None
-                if reason is not None:
-                    out.rejected[cid] = reason
-                    continue
+            state, reason = _decode(array_records.get(f"{EXPERT_PREFIX}{cid}"), cid, out)
+            if reason is None and state is not None and spec is not None:
+                reason = _check_state(state, spec)
             extras = None
-            xrec = array_records.get(f"{EXTRAS_PREFIX}{cid}")
-            if xrec is not None:
-                try:
-                    extras = from_record(xrec)
-                except Exception as exc:  # same rule as for experts
-                    out.rejected[cid] = f"undecodable extras ({exc})"
-                    continue
-                out.uploaded[cid] = out.uploaded.get(cid, 0) + state_nbytes(extras)
-                bad = [k for k, a in extras.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
-                if bad:
-                    out.rejected[cid] = f"{bad[0]} has non-finite values"
-                    continue
+            if reason is None:
+                extras, reason = _decode(array_records.get(f"{EXTRAS_PREFIX}{cid}"), cid, out)
+                bad = [k for k, a in (extras or {}).items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+                reason = reason or (f"{bad[0]} has non-finite values" if bad else None)
+            if reason is not None:
+                out.rejected[cid] = reason
+                continue
             out.results.append(ClientResult(cid, metrics, state, extras))
     for cid, reason in sorted(out.rejected.items()):
         log.warning("rejected update of client %d: %s", cid, reason)
     out.results.sort(key=lambda r: r.client_id)
     return out
+
+
+def _decode(record: ArrayRecord | None, cid: int, out: Unpacked) -> tuple[State | None, str | None]:
+    """Arrays of one record (None if absent) and why they are unusable; bytes received are
+    counted either way: a corrupt upload still crossed the wire."""
+    if record is None:
+        return None, None
+    try:
+        state = from_record(record)
+    except Exception as exc:  # a corrupt array must not stop the round
+        out.uploaded[cid] = out.uploaded.get(cid, 0) + sum(len(a.data) for a in record.values())
+        return None, f"undecodable arrays ({exc})"
+    out.uploaded[cid] = out.uploaded.get(cid, 0) + state_nbytes(state)
+    return state, None
 
 
 def read_node_info(msg: Message) -> tuple[int, int]:

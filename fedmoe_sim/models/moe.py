@@ -292,6 +292,26 @@ def make_routers(d: int, k: int, layers: int, router_init: Sequence[np.ndarray] 
     return routers
 
 
+def stack_lora(expert_states: Sequence[dict[str, np.ndarray]], names: dict[str, str],
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """One layer's expert LoRAs stacked: {"fc1.lora_A": [K, r, in], ...}; `names` maps
+    "fc1"/"fc2" to an expert-state key with `{ab}` standing for A or B."""
+    return {f"{fc}.lora_{ab}": torch.as_tensor(np.stack([st[key.format(ab=ab)] for st in expert_states]), device=device)
+            for fc, key in names.items() for ab in ("A", "B")}
+
+
+def mean_head(expert_states: Sequence[dict[str, np.ndarray]], d: int, num_classes: int,
+              device: torch.device) -> nn.Linear:
+    """The unified model's head for backbones whose head is part of the expert (text, ViT):
+    the mean of the experts' heads, trainable; each expert trained its own head with its
+    LoRA on its domain, so no single one fits all and their mean is the soup-style start."""
+    head = nn.Linear(d, num_classes, device=device)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))
+        head.bias.copy_(torch.as_tensor(np.mean([st["head.bias"] for st in expert_states], axis=0)))
+    return head
+
+
 def check_expert_states(model: ExpertModel, expert_states: Sequence[dict[str, np.ndarray]]) -> None:
     if not expert_states:
         raise ValueError("an MoE needs at least one expert state")
@@ -320,10 +340,7 @@ def build_moe_from_experts(model: ExpertModel, expert_states: Sequence[dict[str,
     ffns = []
     for i, block in enumerate(net.blocks):
         fc1, fc2 = block.ffn.fc1, block.ffn.fc2                   # LoRALinear: .base is frozen
-        stacked = {                                           # "fc1.lora_A" -> [K, r, in], ...
-            f"{fc}.lora_{ab}": torch.as_tensor(np.stack([st[f"blocks.{i}.ffn.{fc}.lora_{ab}"] for st in expert_states]),
-                                               device=dev)
-            for fc in ("fc1", "fc2") for ab in ("A", "B")}
+        stacked = stack_lora(expert_states, {fc: f"blocks.{i}.ffn.{fc}.lora_{{ab}}" for fc in ("fc1", "fc2")}, dev)
         ffns.append(MoEFFN(fc1.base, fc2.base, stacked, fc1.scale))
     routers = make_routers(net.blocks[0].ffn.fc1.base.in_features, len(expert_states), len(net.blocks),
                            router_init, seed, dev, top_k=top_k, renormalize=renormalize, context=context,

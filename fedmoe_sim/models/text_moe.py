@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmoe_sim.models.moe import MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers
+from fedmoe_sim.models.moe import (MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers, mean_head,
+                                   stack_lora)
 from fedmoe_sim.models.text import TextExpertModel, _share_frozen
 
 Batch = dict[str, torch.Tensor]   # input_ids, attention_mask `[B, L]`
@@ -159,18 +160,11 @@ def build_text_moe_from_experts(model: TextExpertModel, expert_states: Sequence[
     scale = _lora_scale(model)
     ffns = []
     for i in range(len(layers)):
-        stacked = {                                           # "fc1.lora_A" -> [K, r, in], ...
-            f"{fc}.lora_{ab}": torch.as_tensor(
-                np.stack([st[f"bert.encoder.layer.{i}.{name}.dense.lora_{ab}.weight"] for st in expert_states]),
-                device=dev)
-            for fc, name in (("fc1", "intermediate"), ("fc2", "output")) for ab in ("A", "B")}
+        stacked = stack_lora(expert_states, {fc: f"bert.encoder.layer.{i}.{name}.dense.lora_{{ab}}.weight"
+                                             for fc, name in (("fc1", "intermediate"), ("fc2", "output"))}, dev)
         ffns.append(MoEFFN(frozen["fc1"][i], frozen["fc2"][i], stacked, scale, act=frozen["act"][i]))
     d = base.config.hidden_size
     routers = make_routers(d, len(expert_states), len(layers), router_init, seed, dev, top_k=top_k,
                            renormalize=renormalize, context=context, lambda_init=lambda_init,
                            train_lambda=train_lambda, straight_through=straight_through)
-    head = nn.Linear(d, model.num_classes, device=dev)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))
-        head.bias.copy_(torch.as_tensor(np.mean([st["head.bias"] for st in expert_states], axis=0)))
-    return TextMoE(frozen, base.config, ffns, routers, head)
+    return TextMoE(frozen, base.config, ffns, routers, mean_head(expert_states, d, model.num_classes, dev))

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmoe_sim.models.moe import MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers
+from fedmoe_sim.models.moe import (MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers, mean_head,
+                                   stack_lora)
 from fedmoe_sim.models.text import _share_frozen
 from fedmoe_sim.models.vit import VitExpertModel, encoder_parts, layer_parts, resize_pixels
 
@@ -118,17 +119,11 @@ def build_vit_moe_from_experts(model: VitExpertModel, expert_states: Sequence[di
     scale = _lora_scale([fc for m in mlps for fc in (m.fc1, m.fc2)])
     ffns = []
     for i in range(len(layers)):
-        stacked = {                                           # "fc1.lora_A" -> [K, r, in], ...
-            f"{fc}.lora_{ab}": torch.as_tensor(
-                np.stack([st[f"vit.{prefix}.{i}.mlp.{fc}.lora_{ab}.weight"] for st in expert_states]), device=dev)
-            for fc in ("fc1", "fc2") for ab in ("A", "B")}
+        stacked = stack_lora(expert_states, {fc: f"vit.{prefix}.{i}.mlp.{fc}.lora_{{ab}}.weight"
+                                             for fc in ("fc1", "fc2")}, dev)
         ffns.append(MoEFFN(frozen["fc1"][i], frozen["fc2"][i], stacked, scale, act=frozen["act"][i]))
     d = model.head.in_features
     routers = make_routers(d, len(expert_states), len(layers), router_init, seed, dev, top_k=top_k,
                            renormalize=renormalize, context=context, lambda_init=lambda_init,
                            train_lambda=train_lambda, straight_through=straight_through)
-    head = nn.Linear(d, model.num_classes, device=dev)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(np.mean([st["head.weight"] for st in expert_states], axis=0)))
-        head.bias.copy_(torch.as_tensor(np.mean([st["head.bias"] for st in expert_states], axis=0)))
-    return VitMoE(frozen, model.image_size, ffns, routers, head)
+    return VitMoE(frozen, model.image_size, ffns, routers, mean_head(expert_states, d, model.num_classes, dev))
