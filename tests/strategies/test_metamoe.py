@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 from experiments.catalogue import build_config
-from experiments.runner import run_many
 from fedmoe_sim import unification as uni
 from fedmoe_sim import wire
 from fedmoe_sim.workspace import get_workspace
-from strategies import _federation
 
 SMALL = {"federation.rounds": 2, "data.samples_per_client": 20, "model.pretrain_steps": 200,
          "train.local_epochs": 1, "simulation.num_workers": 2, "metamoe.candidates": 80, "metamoe.proxies": 20,
@@ -18,25 +16,13 @@ SMALL = {"federation.rounds": 2, "data.samples_per_client": 20, "model.pretrain_
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, simulate):
     tmp = tmp_path_factory.mktemp("metamoe")
-    captured: list = []
-    original = _federation.wire.read_replies
-
-    def capture(replies, spec, expected=None):
-        replies = list(replies)
-        captured.extend(replies)
-        return original(replies, spec, expected)
-
     cfgs = [build_config("metamoe-digits", {**SMALL, "strategy": "metamoe", "out": str(tmp / "one-shot")}),
             build_config("metamoe-digits", {**SMALL, "strategy": "metamoe", "federation.num_clients": 8,
                                             "metamoe.expert_per": "domain", "out": str(tmp / "per-domain")}),
             build_config("metamoe-digits", {**SMALL, "strategy": "zeroshot"})]
-    _federation.wire.read_replies = capture
-    try:
-        summaries = run_many(cfgs, show_progress=False)
-    finally:
-        _federation.wire.read_replies = original
+    summaries, captured = simulate(cfgs)
     return {"cfgs": cfgs, "summaries": summaries, "replies": captured, "tmp": tmp}
 
 

@@ -15,7 +15,6 @@ from experiments.catalogue import build_config
 from experiments.runner import run_many
 from fedmoe_sim import wire
 from fedmoe_sim.workspace import get_workspace
-from strategies import _federation
 
 SMALL = {
     "federation.num_clients": 4,
@@ -32,22 +31,10 @@ def _cfg(tmp_path, strategy, **extra):
 
 
 @pytest.fixture(scope="module")
-def sims(tmp_path_factory):
+def sims(tmp_path_factory, simulate):
     tmp = tmp_path_factory.mktemp("sim")
-    captured: list = []
-    original = _federation.wire.read_replies
-
-    def capture(replies, spec, expected=None):
-        replies = list(replies)
-        captured.extend(replies)
-        return original(replies, spec, expected)
-
-    _federation.wire.read_replies = capture
-    try:
-        fedavg, local = _cfg(tmp, "fedavg"), _cfg(tmp, "local")
-        summaries = run_many([fedavg, local], show_progress=False)
-    finally:
-        _federation.wire.read_replies = original
+    fedavg, local = _cfg(tmp, "fedavg"), _cfg(tmp, "local")
+    summaries, captured = simulate([fedavg, local])
     return {"cfg": fedavg, "fedavg": summaries[0], "local": summaries[1], "replies": captured, "tmp": tmp}
 
 
