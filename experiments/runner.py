@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Callable
 
+from experiments.flower_patches import shorten_message_pickup
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.results import RunSummary
 
@@ -65,6 +66,7 @@ def run_many(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | No
                 num_nodes(cfg) != num_nodes(first):
             raise ValueError("configs run in one simulation must share simulation.* and federation.placement")
     quiet_flower()
+    shorten_message_pickup()
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from clients.app import app as client_app

@@ -62,8 +62,22 @@ def to_record(state: State) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
 
 
+def _decode_array(arr: Array) -> np.ndarray:
+    """`Array.numpy()` without `np.load`: its .npy header parse (ast.literal_eval) costs
+    more than the copy for small expert tensors. The raw data are the last nbytes of the
+    serialised bytes; anything that is not a plain numpy array takes Flower's path."""
+    dtype = np.dtype(arr.dtype) if arr.stype == "numpy.ndarray" else None
+    if dtype is None or dtype.hasobject:
+        return arr.numpy()
+    shape = tuple(arr.shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > len(arr.data):
+        raise ValueError(f"array data holds {len(arr.data)} bytes, {nbytes} expected for {shape} {dtype}")
+    return np.frombuffer(arr.data, dtype=dtype, offset=len(arr.data) - nbytes).reshape(shape).copy()
+
+
 def from_record(record: ArrayRecord) -> State:
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: _decode_array(v) for k, v in record.items()}
 
 
 # ---------------------------------------------------------------- tasks ----

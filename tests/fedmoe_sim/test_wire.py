@@ -81,3 +81,14 @@ def test_ledger_totals_by_round_direction_and_client():
 
 def test_clients_in_counts_logical_clients():
     assert wire.clients_in(_reply([wire.ClientResult(i, {"num-examples": 1}) for i in range(3)])) == 3
+
+
+@pytest.mark.parametrize("arr", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([7], np.int64),
+                                 np.zeros((0, 5), np.float64), np.asfortranarray(np.ones((2, 3), np.float32)),
+                                 np.float32(2.5).reshape(())])
+def test_fast_decode_equals_flowers_decoder(arr):
+    record = wire.to_record({"x": arr})
+    fast = wire.from_record(record)["x"]
+    ref = record["x"].numpy()
+    assert fast.dtype == ref.dtype and fast.shape == ref.shape and np.array_equal(fast, ref)
+    assert fast.flags.writeable
