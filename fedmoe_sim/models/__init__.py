@@ -8,6 +8,7 @@ worker can build once and reuse the model for many logical clients through
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedmoe_sim.config import ModelConfig
@@ -18,6 +19,7 @@ from fedmoe_sim.models.mixer import MixerExpertModel, random_translate
 from fedmoe_sim.models.moe import (LoRAMoELinear, MoEFFN, MoEMixer, TopKRouter, UnifiedMoE, build_moe_from_experts,
                                    mean_routing_vectors, routing_inputs)
 from fedmoe_sim.models.text_moe import TextMoE, build_text_moe_from_experts, text_ffn_inputs
+from fedmoe_sim.models.tiny import TinyMLPExpertModel
 from fedmoe_sim.models.vit import VitExpertModel
 from fedmoe_sim.models.vit_moe import VitMoE, build_vit_moe_from_experts
 
@@ -61,4 +63,8 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
             raise ValueError(f"model.backbone=vit needs an image benchmark with [C, H, W] inputs "
                              f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
         return VitExpertModel(benchmark.input_shape, benchmark.num_classes, cfg, device)
-    raise ValueError(f"model.backbone must be one of mixer, minilm, vit (got {cfg.backbone!r})")
+    if cfg.backbone == "tiny-mlp":
+        if benchmark.kind != "image":
+            raise ValueError(f"model.backbone=tiny-mlp needs an image benchmark (got {benchmark.name}: {benchmark.kind})")
+        return TinyMLPExpertModel(int(np.prod(benchmark.input_shape)), cfg.width, benchmark.num_classes, device)
+    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp (got {cfg.backbone!r})")
