@@ -103,11 +103,12 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
             finish(server_round, row)
         _record(recorder, fed, row, t_start)
         last = row
-        acc = row.get("server-eval/acc-mean", row.get("client-eval/acc-mean"))
+        acc = row.get("acc-mean")
         progress.round_done(server_round, len(fed.train_cohort(server_round)),
                             f"acc {100 * acc:.1f}%" if acc is not None else "")
     summary = _summary(cfg, last, fed, ws.data_fingerprint, time.monotonic() - t_start)
     if recorder is not None:
+        recorder.ledger(fed.ledger.rows())   # once: rewriting it every round grows with rounds x clients
         recorder.finish(summary)
     log.info("run finished in %s", format_seconds(summary.wall_s))
     return summary
@@ -124,7 +125,6 @@ def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float]
     row["wall-s"] = round(time.monotonic() - t_start, 3)
     if recorder is not None:
         recorder.round(row)
-        recorder.ledger(fed.ledger.rows())
 
 
 def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, fingerprint: str, wall_s: float) -> RunSummary:
