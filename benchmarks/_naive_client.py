@@ -20,7 +20,6 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from _tiny_mlp import TinyMLP, flat_inputs
 from _workloads import WORKLOADS, workload_config
 from fedmoe_sim.training import derive_seed, train_local
 
@@ -47,16 +46,12 @@ def _model_and_data(workload: str, num_clients: int, seed: int, pid: int):
     bench, splits = _dataset(workload, num_clients, seed)
     split = splits[pid]
     cfg = workload_config(workload, num_clients, num_clients, seed=seed)
-    if WORKLOADS[workload].tiny_mlp:
-        model = TinyMLP(64, cfg.model.width, bench.num_classes)
-        x = flat_inputs(split.x_train)
-    else:
-        model = build_model(bench, cfg.model)
-        x = model.prepare(split.x_train)
-    return cfg, model, x, torch.as_tensor(split.y_train, dtype=torch.long)
+    model = build_model(bench, cfg.model)     # tiny: a fresh MLP, like the quickstart's `Net()`
+    return cfg, model, model.prepare(split.x_train), torch.as_tensor(split.y_train, dtype=torch.long)
 
 
 def get_weights(model, tiny: bool) -> ArrayRecord:
+    """tiny: the whole state_dict, as the quickstart does; else the trainable expert only (as ours)."""
     return ArrayRecord(model.state_dict()) if tiny else ArrayRecord({k: Array(v) for k, v in model.expert_state().items()})
 
 

@@ -10,10 +10,9 @@ is driven (a plain loop, our simulation, a one-message-per-client Flower app).
   clients the 4 x 500 private images give every client 1 training image (and
   1 test image), i.e. 10 SGD steps per client per round (~15 ms on one core);
   with 100 clients, 16 training images, again 10 steps of one batch.
-- tiny: an MLP 64-128-10 on the flattened 8x8 digits (all 9,610 weights
-  trained and uploaded), 1 local epoch, no augmentation. Our framework has no
-  such backbone; (b) runs it through `_tiny_mlp.py`, a benchmark-only shim that
-  swaps `fedmoe_sim.models.build_model` (see BENCHMARKS_sim.md).
+- tiny: `model.backbone = "tiny-mlp"`, an MLP 64-128-10 on the flattened 8x8
+  digits (all 9,610 weights trained and uploaded), 1 local epoch, no
+  augmentation.
 - smallest: the smallest configuration our framework runs unmodified: the
   realistic model with 1 local epoch (1 SGD step per client at 1,000 clients).
 """
@@ -28,8 +27,6 @@ from fedmoe_sim.config import RunConfig
 from fedmoe_sim.sampling import cohort_size
 
 EXPERIMENT = "digits-domains"
-# Marks the tiny-MLP configs for the shim: no real mixer config uses 1 block of width 128 unpretrained.
-TINY_MARKER = {"model.width": 128, "model.blocks": 1, "model.pretrain_steps": 0}
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class Workload:
     name: str
     label: str
     overrides: dict
-    tiny_mlp: bool = False
+    tiny_mlp: bool = False     # the classic whole-model MLP (every weight is uploaded)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -45,15 +42,12 @@ WORKLOADS: dict[str, Workload] = {
     for w in (
         Workload("realistic", "mixer + rank-8 LoRA expert, 10 local epochs (digits-domains defaults)", {}),
         Workload("tiny", "MLP 64-128-10, 1 local epoch, no augmentation",
-                 {"train.local_epochs": 1, "train.augment": False, **TINY_MARKER}, tiny_mlp=True),
+                 {"model.backbone": "tiny-mlp", "model.width": 128, "train.local_epochs": 1, "train.augment": False},
+                 tiny_mlp=True),
         Workload("smallest", "mixer + rank-8 LoRA expert, 1 local epoch (smallest unmodified config)",
                  {"train.local_epochs": 1}),
     )
 }
-
-
-def is_tiny(model_cfg) -> bool:
-    return all(getattr(model_cfg, k.split(".", 1)[1]) == v for k, v in TINY_MARKER.items())
 
 
 @lru_cache(maxsize=64)

@@ -126,7 +126,7 @@ def main() -> int:
     rss = sim_speed.TreeRSS()
     with rss:
         cell = (args.workload, args.cohort, args.total)
-        res = sim_speed.run_ours([cell], args.strategy, args.rounds, out, rss, tiny=sim_speed.WORKLOADS[args.workload].tiny_mlp)
+        res = sim_speed.run_ours([cell], args.strategy, args.rounds, out, rss)
     for _, p in procs:
         p.wait(timeout=60)
     times = res[cell]["times"]

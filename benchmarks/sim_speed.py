@@ -13,10 +13,9 @@
              context.state).
 
 Workloads (benchmarks/_workloads.py): `realistic` (our digits mixer + LoRA
-expert, 10 local epochs, ~15 ms of training per client), `tiny` (MLP
-64-128-10, 1 epoch; (b) through the benchmark shim benchmarks/_tiny_mlp.py
-because the framework has no such backbone) and `smallest` (the smallest
-config the framework runs unmodified: mixer + LoRA, 1 epoch).
+expert, 10 local epochs, ~15 ms of training per client), `tiny`
+(model.backbone = tiny-mlp: MLP 64-128-10 trained whole, 1 epoch) and
+`smallest` (mixer + LoRA, 1 epoch).
 
 Timing: each cell runs R rounds; reported is the median over rounds 2..R-1
 of the per-round wall time (start-up, the first round, where workers build
@@ -48,15 +47,14 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _workloads, _tiny_mlp, _naive_client (Ray workers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _workloads, _naive_client (Ray workers
 # get the same path: Flower's Ray backend exports the driver's sys.path as PYTHONPATH)
 
 import psutil  # noqa: E402
 
 from experiments.registry import METHODS  # noqa: E402
-from experiments.runner import backend_config, num_nodes, quiet_flower, run_many  # noqa: E402
+from experiments.runner import backend_config, quiet_flower, run_many  # noqa: E402
 
-import _tiny_mlp  # noqa: E402,F401  (installs the tiny-MLP shim in this process, for (a) and (b)'s server)
 from _workloads import WORKLOADS, workload_config  # noqa: E402
 
 TARGETS = {"ratio_ours_to_loop": 1.0, "ratio_naive_to_ours": 2.0, "ratio_ours_to_loop_tiny": 1.6,
@@ -189,7 +187,7 @@ def run_loop(cfg) -> list[tuple[float, float]]:
 
 
 # -------------------------------------------------------------- (b) ours ----
-def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) -> dict:
+def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS) -> dict:
     """All cells in ONE simulation (one Ray start-up), as `compare` does; per-round times from rounds.jsonl."""
     cfgs = [workload_config(w, n, c, strategy, rounds, str(out_root / f"b-{w}-{c}-of-{n}")) for w, c, n in cells]
 
@@ -201,19 +199,7 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS, tiny: bool) 
         log(f"(b) ours     {cells[i][0]:9s} {cells[i][1]:4d}/{cells[i][2]} clients")
         return ""
 
-    if tiny:   # the same runner path, with our ClientApp's handlers re-registered from the shim module
-        from flwr.simulation import run_simulation
-
-        from strategies.app import make_server_app
-
-        quiet_flower()
-        summaries: list = []
-        run_simulation(server_app=make_server_app(cfgs, mark, False, summaries), client_app=_tiny_mlp.app,
-                       num_supernodes=num_nodes(cfgs[0]), backend_config=backend_config(cfgs[0]))
-        if len(summaries) != len(cfgs):
-            raise RuntimeError("the tiny-MLP simulation did not finish every run")
-    else:
-        summaries = run_many(cfgs, prefix=mark, show_progress=False)
+    summaries = run_many(cfgs, prefix=mark, show_progress=False)
     rss.label = "idle"
     out = {}
     for cell, cfg, summary, t_start in zip(cells, cfgs, summaries, started, strict=True):
@@ -236,7 +222,7 @@ def run_naive(cells, strategy, rounds, total, rss: TreeRSS) -> dict:
     """All cells in one simulation with `total` SuperNodes, one message per sampled client."""
     import random
 
-    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.app import Message, MessageType, RecordDict
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
@@ -377,11 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     with TreeRSS() as rss:
         base_gib = rss.sample() / 2**30
         if "b" in modes:
-            res["b"].update(run_ours(main_cells, strategy, rounds, out_root, rss, tiny=False))
-            try:
-                res["b"].update(run_ours(tiny_cells, strategy, rounds, out_root, rss, tiny=True))
-            except Exception as exc:  # a method that needs the mixer's internals cannot run the tiny MLP
-                log(f"(b) tiny MLP failed for strategy {strategy!r}: {exc}")
+            if strategy in ("fedavg", "local"):
+                res["b"].update(run_ours(main_cells + tiny_cells, strategy, rounds, out_root, rss))
+            else:   # a method built around the mixer's experts may not run the whole-model MLP
+                res["b"].update(run_ours(main_cells, strategy, rounds, out_root, rss))
+                try:
+                    res["b"].update(run_ours(tiny_cells, strategy, rounds, out_root, rss))
+                except Exception as exc:
+                    log(f"(b) the tiny MLP does not run with strategy {strategy!r}: {exc}")
             for cell, r in res["b"].items():
                 if r["rejected"]:
                     log(f"WARNING (b) {cell}: {r['rejected']:.0f} client updates rejected")
@@ -409,7 +398,6 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v}" for k, v in versions().items()))
     for w in ("realistic", "tiny", "smallest"):
         print(f"  {w:9s} = {WORKLOADS[w].label}")
-    print("  (b) tiny runs through benchmarks/_tiny_mlp.py (the framework has no tiny-MLP backbone)")
     head = (f"{'workload':9s} {'clients':>9s} {'(a) loop':>9s} {'(b) ours':>9s} {'(c) naive':>9s} "
             f"{'b/a':>6s} {'c/b':>6s} {'a ms/cl':>8s} {'b ms/cl':>8s} {'c ms/cl':>8s} {'RSS b GiB':>9s} "
             f"{'ext load a/b/c %':>16s}")
@@ -456,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth_1000_vs_100": rss_growth,
         "ratio_ours_to_loop_smallest": ratio(s("b", hl("smallest")), s("a", hl("smallest"))),
         "ratio_naive_to_ours_smallest": ratio(s("c", hl("smallest")), s("b", hl("smallest"))),
-        "tiny_b_via": "benchmarks/_tiny_mlp.py shim",
+        "tiny_model": "model.backbone=tiny-mlp, width 128",
         "seconds_per_round": rows,
         "wall_s": round(elapsed, 1),
         "max_external_load": round(worst_ext, 3),
