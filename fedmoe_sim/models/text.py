@@ -64,6 +64,15 @@ def _share_frozen(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def register_peft_expert(model: ExpertModel, prefix: str, peft_module: nn.Module, head: nn.Linear) -> None:
+    """The expert of a PEFT-wrapped backbone: its LoRA tensors (public names under `prefix`)
+    plus the trainable head; then reset from seed 0."""
+    named = {f"{prefix}.{_public_name(k)}": p for k, p in peft_module.named_parameters() if "lora_" in k}
+    named.update({f"head.{k}": p for k, p in head.named_parameters()})
+    model._register_expert(named)
+    model.reset_expert(0)
+
+
 def _public_name(peft_name: str) -> str:
     """PEFT's `base_model.model.X.lora_A.default.weight` -> `X.lora_A.weight`, and
     `X.base_layer.weight` -> `X.weight` (HF's own name): stable across processes."""
@@ -87,11 +96,7 @@ class TextExpertModel(ExpertModel):
             self.bert = get_peft_model(_share_frozen(base), lora)
             self.head = nn.Linear(base.config.hidden_size, num_classes, device=dev)
         self.max_length = cfg.max_length
-        named = {f"bert.{_public_name(k)}": p for k, p in self.bert.named_parameters() if "lora_" in k}
-        for k, p in self.head.named_parameters():
-            named[f"head.{k}"] = p
-        self._register_expert(named)
-        self.reset_expert(0)
+        register_peft_expert(self, "bert", self.bert, self.head)
 
     def _backbone_name(self, module_path: str) -> str:
         return _public_name(module_path)

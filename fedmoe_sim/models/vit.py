@@ -43,7 +43,7 @@ from torch import nn
 
 from fedmoe_sim.config import ModelConfig
 from fedmoe_sim.models.expert_model import ExpertModel
-from fedmoe_sim.models.text import _public_name, _share_frozen
+from fedmoe_sim.models.text import _public_name, _share_frozen, register_peft_expert
 
 BACKBONE_SEED = 0   # the random-init backbone is the same for every run seed (DESIGN: one shared M0)
 
@@ -228,11 +228,7 @@ class VitExpertModel(ExpertModel):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.vit = get_peft_model(_share_frozen(base), lora)
             self.head = nn.Linear(base.config.hidden_size, num_classes, device=dev)
-        named = {f"vit.{_public_name(k)}": p for k, p in self.vit.named_parameters() if "lora_" in k}
-        for k, p in self.head.named_parameters():
-            named[f"head.{k}"] = p
-        self._register_expert(named)
-        self.reset_expert(0)
+        register_peft_expert(self, "vit", self.vit, self.head)
 
     def _backbone_name(self, module_path: str) -> str:
         return _public_name(module_path)
