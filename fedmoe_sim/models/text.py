@@ -64,6 +64,19 @@ def _share_frozen(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def wrap_ffn_lora(base: nn.Module, cfg, targets, num_classes: int, dev: torch.device) -> tuple[nn.Module, nn.Linear]:
+    """PEFT LoRA on the FFN `targets` of a frozen backbone (shared, not copied) plus a fresh
+    head, built without touching the global RNG (PEFT and nn.Linear init draw from it)."""
+    from peft import LoraConfig, get_peft_model  # imported here: peft is slow to import
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=targets, bias="none")
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(_share_frozen(base), lora), nn.Linear(base.config.hidden_size, num_classes, device=dev)
+
+
 def register_peft_expert(model: ExpertModel, prefix: str, peft_module: nn.Module, head: nn.Linear) -> None:
     """The expert of a PEFT-wrapped backbone: its LoRA tensors (public names under `prefix`)
     plus the trainable head; then reset from seed 0."""
@@ -84,17 +97,10 @@ class TextExpertModel(ExpertModel):
 
     def __init__(self, num_classes: int, cfg: ModelConfig, device: str | torch.device = "cpu"):
         super().__init__(num_classes)
-        from peft import LoraConfig, get_peft_model
 
         dev = torch.device(device)
         base, self.tokenizer = load_minilm(str(dev))
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                          target_modules=FFN_TARGETS, bias="none")
-        devices = [dev.index or 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():  # inits draw from the global RNG
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.bert = get_peft_model(_share_frozen(base), lora)
-            self.head = nn.Linear(base.config.hidden_size, num_classes, device=dev)
+        self.bert, self.head = wrap_ffn_lora(base, cfg, FFN_TARGETS, num_classes, dev)
         self.max_length = cfg.max_length
         register_peft_expert(self, "bert", self.bert, self.head)
 

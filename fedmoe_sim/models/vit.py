@@ -32,7 +32,6 @@ import contextlib
 import functools
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from torch import nn
 
 from fedmoe_sim.config import ModelConfig
 from fedmoe_sim.models.expert_model import ExpertModel
-from fedmoe_sim.models.text import _public_name, _share_frozen, register_peft_expert
+from fedmoe_sim.models.text import _public_name, register_peft_expert, wrap_ffn_lora
 
 BACKBONE_SEED = 0   # the random-init backbone is the same for every run seed (DESIGN: one shared M0)
 
@@ -205,7 +204,6 @@ class VitExpertModel(ExpertModel):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig,
                  device: str | torch.device = "cpu"):
         super().__init__(num_classes)
-        from peft import LoraConfig, get_peft_model
 
         if len(in_shape) != 3:
             raise ValueError(f"model.backbone=vit needs images [C, H, W] (got input shape {tuple(in_shape)})")
@@ -221,13 +219,7 @@ class VitExpertModel(ExpertModel):
         mean, std = stats or ([0.0], [1.0])             # random init: the [0, 1] pixels as they are
         self._mean, self._std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
         self.is_clip = hasattr(base, "post_layernorm")
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                          target_modules=FFN_TARGETS, bias="none")
-        devices = [dev.index or 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():  # inits draw from the global RNG
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.vit = get_peft_model(_share_frozen(base), lora)
-            self.head = nn.Linear(base.config.hidden_size, num_classes, device=dev)
+        self.vit, self.head = wrap_ffn_lora(base, cfg, FFN_TARGETS, num_classes, dev)
         register_peft_expert(self, "vit", self.vit, self.head)
 
     def _backbone_name(self, module_path: str) -> str:
