@@ -11,6 +11,7 @@ Subclasses say which tensors form the expert and how inputs are prepared.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,25 @@ from torch import nn
 from fedmoe_sim.models.lora import lora_a_init_
 
 Inputs = Any  # a Tensor (images) or a dict of Tensors (text: input_ids, attention_mask)
+
+
+def capture_inputs(modules: Sequence[nn.Module], run: Callable[[], Any]) -> list[torch.Tensor]:
+    """The first positional input of each module during `run()`, in call order.
+
+    Why hooks: MetaMoE's routing vectors and the MoE's per-sample context need each
+    layer's FFN input, which the encoders do not return. The forward pre-hooks sit on
+    the caller's own modules and are removed before returning, even on error.
+    """
+    captured: list[torch.Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) for m in modules]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(captured) != len(hooks):
+        raise RuntimeError(f"expected one input per hooked module ({len(hooks)}), got {len(captured)}")
+    return captured
 
 
 class ExpertModel(nn.Module):

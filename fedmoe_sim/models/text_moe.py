@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmoe_sim.models.expert_model import capture_inputs
 from fedmoe_sim.models.moe import (MoEFFN, TopKRouter, UnifiedMoE, check_expert_states, make_routers, mean_head,
                                    stack_lora)
 from fedmoe_sim.models.text import TextExpertModel, _share_frozen
@@ -56,16 +57,7 @@ def text_ffn_inputs(model: TextExpertModel, inputs: Batch) -> tuple[list[torch.T
     Read with forward pre-hooks on the model's own PEFT modules (per-instance copies,
     never the shared ones), removed before returning. L' = longest sentence in the batch.
     """
-    captured: list[torch.Tensor] = []
-    hooks = [layer.intermediate.dense.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-             for layer in _layers(model)]
-    try:
-        model.pooled(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    if len(captured) != len(hooks):
-        raise RuntimeError(f"expected one FFN input per layer ({len(hooks)}), got {len(captured)}")
+    captured = capture_inputs([layer.intermediate.dense for layer in _layers(model)], lambda: model.pooled(inputs))
     return captured, inputs["attention_mask"][:, :captured[0].shape[1]].bool()
 
 

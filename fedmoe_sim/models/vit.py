@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmoe_sim.config import ModelConfig
-from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.models.expert_model import ExpertModel, capture_inputs
 from fedmoe_sim.models.text import _public_name, register_peft_expert, wrap_ffn_lora
 
 BACKBONE_SEED = 0   # the random-init backbone is the same for every run seed (DESIGN: one shared M0)
@@ -261,15 +261,5 @@ class VitExpertModel(ExpertModel):
 
         Read with forward pre-hooks on this model's own `fc1` modules, removed before returning.
         """
-        captured: list[torch.Tensor] = []
         _, layers, _, _ = encoder_parts(self.base_model())
-        hooks = [layer_parts(layer)[3].fc1.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-                 for layer in layers]
-        try:
-            self.pooled(inputs)
-        finally:
-            for h in hooks:
-                h.remove()
-        if len(captured) != len(hooks):
-            raise RuntimeError(f"expected one FFN input per layer ({len(hooks)}), got {len(captured)}")
-        return captured
+        return capture_inputs([layer_parts(layer)[3].fc1 for layer in layers], lambda: self.pooled(inputs))
