@@ -65,6 +65,41 @@ def unpack_extras(extras: State) -> tuple[list[np.ndarray], np.ndarray]:
     return [v for _, v in layers], np.asarray(extras[PROXIES], dtype=np.int64)
 
 
+def upload_problem(result, routing_dims: list[int], pool_size: int, need_expert: bool) -> str | None:
+    """Why a client's upload cannot join the unification, or None. `wire.read_replies`
+    already checked the expert's keys/shapes and that floats are finite; this checks what
+    only MetaMoE knows: one routing vector `[D_l]` per MoE layer, 1-D integer proxy
+    indices inside the public pool, and (one-shot mode) that the expert came along."""
+    if need_expert and result.state is None:
+        return "no expert in the upload"
+    extras = result.extras or {}
+    if PROXIES not in extras:
+        return "no proxy indices in the upload"
+    proxies = extras[PROXIES]
+    if proxies.dtype.kind not in "iu" or proxies.ndim != 1:
+        return f"proxy indices must be a 1-D integer array (got {proxies.dtype} {proxies.shape})"
+    if proxies.size and (int(proxies.min()) < 0 or int(proxies.max()) >= pool_size):
+        return f"proxy index outside the public pool [0, {pool_size})"
+    expected = {f"{ROUTING_PREFIX}{i}": (d,) for i, d in enumerate(routing_dims)}
+    unexpected = sorted(set(extras) - set(expected) - {PROXIES})
+    if unexpected:
+        return f"unexpected array {unexpected[0]!r} in the upload"
+    for key, shape in expected.items():
+        if key not in extras:
+            return f"missing routing vector {key!r}"
+        if extras[key].shape != shape or extras[key].dtype.kind != "f":
+            return f"routing vector {key!r} must be float {shape} (got {extras[key].dtype} {extras[key].shape})"
+    return None
+
+
+def model_routing_dims(ws: Workspace) -> list[int]:
+    """Width of each MoE layer's routing input, read off the server's own model on one public sample."""
+    from fedmoe_sim.models.moe import routing_inputs
+
+    hs, _ = routing_inputs(ws.model, ws.public_data(np.zeros(1, np.int64))[0])
+    return [int(h.shape[-1]) for h in hs]
+
+
 # ------------------------------------------------------------ server side ----
 @dataclass
 class Expert:

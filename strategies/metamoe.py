@@ -20,6 +20,7 @@ and the config values that define them (`forced`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -33,6 +34,7 @@ from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
 Exchange = Callable[[list[Message], str], list[Message]]
+log = logging.getLogger(__name__)
 
 
 class MetaMoEStrategy(FedAvgStrategy):
@@ -73,11 +75,15 @@ class MetaMoEStrategy(FedAvgStrategy):
     # -- phases 2-3: upload, unify, evaluate --------------------------------
     def finish(self, grid: Grid, server_round: int, exchange: Exchange) -> dict[str, float]:
         experts: list[uni.Expert] = []
+        rejected = 0
         if self.needs_experts:
             everyone = list(range(self.fed.cfg.federation.num_clients))
             msgs = self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(everyone), phase="upload")
             got = self.fed.collect(server_round, exchange(msgs, "upload"), self.spec if not self.per_domain else None, everyone)
-            experts = self.experts_from(got)
+            experts = self.experts_from(self.valid_uploads(got))
+            rejected = len(got.rejected)
+            if not experts:
+                raise RuntimeError(f"no valid expert upload to unify ({len(got.rejected)} rejected; see the log)")
         combined = self.combine(experts)
         seed = self.fed.cfg.seed
         metrics = uni.mixed_domain_accuracy(combined.predict, self.ws, seed, domain_aware=combined.domain_aware)
@@ -85,8 +91,24 @@ class MetaMoEStrategy(FedAvgStrategy):
         per_client = uni.client_accuracy(combined.predict, self.ws, combined.domain_aware)
         own = [m["acc-own"] for m in per_client.values()]
         metrics["worst-client-acc"] = min(own) if own else float("nan")
+        metrics["rejected-uploads"] = float(rejected)
         self.fed.last_eval = per_client     # the final model's per-client numbers, not the experts'
         return {f"server-eval/{k}": v for k, v in metrics.items()}
+
+    def valid_uploads(self, got: wire.Unpacked) -> wire.Unpacked:
+        """Drop (and log) uploads the unification cannot use; the rest go on."""
+        dims, pool = uni.model_routing_dims(self.ws), len(self.ws.benchmark.public_y)
+        kept = []
+        for r in got.results:
+            reason = uni.upload_problem(r, dims, pool, need_expert=not self.per_domain)
+            if reason is None:
+                kept.append(r)
+            else:
+                log.warning("rejected upload of client %d: %s", r.client_id, reason)
+                got.rejected[r.client_id] = reason
+                self.fed.rejected_total += 1
+        got.results = kept
+        return got
 
     def experts_from(self, got: wire.Unpacked) -> list[uni.Expert]:
         if not self.per_domain:

@@ -61,3 +61,52 @@ def test_baseline_combines_reduce_to_the_single_expert(ws):
     assert torch.equal(uni.soup_predict(ws.model, [e])(x).argmax(1), ref)
     assert torch.equal(uni.ensemble_predict(ws.model, [state])(x).argmax(1), ref)
     assert torch.equal(uni.oracle_predict(ws.model, [e])(x, torch.zeros(len(x), dtype=torch.long)).argmax(1), ref)
+
+
+def _upload(**changes):
+    from fedmoe_sim import wire
+
+    extras = uni.pack_extras([np.zeros(8, np.float32), np.zeros(8, np.float32)], np.array([0, 5, 9]))
+    extras.update(changes.pop("extras", {}))
+    for key in changes.pop("drop", ()):
+        del extras[key]
+    return wire.ClientResult(3, {}, changes.get("state", {"w": np.zeros(1, np.float32)}), extras)
+
+
+@pytest.mark.parametrize("bad, why", [
+    (dict(state=None), "no expert"),
+    (dict(drop=[uni.PROXIES]), "no proxy indices"),
+    (dict(extras={uni.PROXIES: np.array([0.0, 1.0])}), "integer"),
+    (dict(extras={uni.PROXIES: np.array([[1, 2]])}), "1-D"),
+    (dict(extras={uni.PROXIES: np.array([0, 10])}), "outside the public pool [0, 10)"),
+    (dict(extras={uni.PROXIES: np.array([-1])}), "outside the public pool"),
+    (dict(drop=["routing/1"]), "missing routing vector 'routing/1'"),
+    (dict(extras={"routing/0": np.zeros(7, np.float32)}), "'routing/0' must be float (8,)"),
+    (dict(extras={"routing/2": np.zeros(8, np.float32)}), "unexpected array 'routing/2'"),
+])
+def test_malformed_uploads_are_named_and_good_ones_pass(bad, why):
+    assert uni.upload_problem(_upload(), [8, 8], pool_size=10, need_expert=True) is None
+    assert uni.upload_problem(_upload(state=None), [8, 8], pool_size=10, need_expert=False) is None
+    assert why in uni.upload_problem(_upload(**bad), [8, 8], pool_size=10, need_expert=True)
+
+
+def test_strategy_drops_bad_uploads_and_unifies_the_rest(ws):
+    """The server's check uses its own model's layer widths and pool size; a bad client is
+    logged and counted, the others stay (as they came, in order)."""
+    from types import SimpleNamespace
+
+    from fedmoe_sim import wire
+    from strategies.metamoe import MetaMoEStrategy
+
+    dims = uni.model_routing_dims(ws)
+    assert len(dims) == len(uni.routing_vectors(ws, ws.public_data(np.arange(4))[0]))
+    good = [wire.ClientResult(c, {}, {"w": np.zeros(1, np.float32)},
+                              uni.pack_extras([np.zeros(d, np.float32) for d in dims], np.array([c])))
+            for c in range(3)]
+    bad = wire.ClientResult(3, {}, {"w": np.zeros(1, np.float32)},
+                            uni.pack_extras([np.zeros(d, np.float32) for d in dims], np.array([len(ws.benchmark.public_y)])))
+    strategy = MetaMoEStrategy.__new__(MetaMoEStrategy)
+    strategy.ws, strategy.per_domain, strategy.fed = ws, False, SimpleNamespace(rejected_total=0)
+    got = strategy.valid_uploads(wire.Unpacked(results=[*good, bad]))
+    assert [r.client_id for r in got.results] == [0, 1, 2]
+    assert "outside the public pool" in got.rejected[3] and strategy.fed.rejected_total == 1
