@@ -100,10 +100,14 @@ def make_task(run_config: str, client_ids: list[int], server_round: int, global_
     return content
 
 
+def _task_client_ids(cfg: ConfigRecord) -> tuple[int, ...]:
+    ids = cfg[CLIENT_IDS]
+    return (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
+
+
 def read_task(content: RecordDict) -> Task:
     cfg = content.config_records[TASK]
-    ids = cfg[CLIENT_IDS]
-    ids = (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
+    ids = _task_client_ids(cfg)
     arrays = content.array_records
     glob = from_record(arrays[GLOBAL]) if GLOBAL in arrays else None
     return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")))
@@ -278,6 +282,7 @@ def clients_in(msg: Message) -> int:
     if msg.has_error():
         return 0
     content = msg.content
-    if TASK in content.config_records:
-        return len(read_task(content).client_ids)
+    configs = content.config_records
+    if TASK in configs:
+        return len(_task_client_ids(configs[TASK]))   # not read_task: no need to decode the global state
     return sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX))

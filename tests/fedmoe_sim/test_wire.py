@@ -81,6 +81,10 @@ def test_ledger_totals_by_round_direction_and_client():
 
 def test_clients_in_counts_logical_clients():
     assert wire.clients_in(_reply([wire.ClientResult(i, {"num-examples": 1}) for i in range(3)])) == 3
+    for ids in ([4], [1, 5, 9]):        # tasks, with and without a global state
+        for state in (None, {"w": np.ones(3, np.float32)}):
+            task = Message(wire.make_task("{}", ids, 1, state), dst_node_id=1, message_type=MessageType.TRAIN)
+            assert wire.clients_in(task) == len(ids)
 
 
 @pytest.mark.parametrize("arr", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([7], np.int64),
