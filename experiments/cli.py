@@ -94,8 +94,11 @@ def prepare_run(cfg: RunConfig) -> None:
     get_method(cfg.strategy)
     if cfg.out:
         check_out_dir(Path(cfg.out), cfg)
+    from fedmoe_sim.unification import late_domain_ids
+
     try:
-        get_workspace(cfg)  # builds data + model once; the in-process server reuses it
+        ws = get_workspace(cfg)  # builds data + model once; the in-process server reuses it
+        late_domain_ids(ws.benchmark.domain_names, cfg.metamoe.late_domains)
     except (ValueError, FileNotFoundError) as exc:  # unknown domain, missing dataset root, ...
         raise ConfigError(str(exc)) from None
 

@@ -190,6 +190,8 @@ class MetaMoEConfig:
     finetune_epochs: int = 5           # server fine-tuning epochs on the proxy union (paper code, CV: 5)
     finetune_lr: float = 0.01          # SGD lr, momentum 0.9 (paper code CV: 1e-3; ours: tuned for the digits LoRA)
     finetune_batch: int = 32
+    late_domains: str = ""             # comma list of domains whose experts join after the first unification:
+                                       # the MoE grows by their experts and is fine-tuned again (ours)
 
     def __post_init__(self) -> None:
         for name in ("candidates", "proxies", "top_k", "relevance_epochs", "finetune_batch"):

@@ -124,6 +124,18 @@ def domain_expert(name: str, domain: int, state: State, parts: list[tuple[float,
     return Expert(name, domain, state, routing, proxies, float(sum(weights)))
 
 
+def late_domain_ids(domain_names: list[str], spec: str) -> set[int]:
+    """Domain ids named in `metamoe.late_domains` (comma list); at least one domain must stay early."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in domain_names]
+    if unknown:
+        raise ValueError(f"unknown domain {unknown[0]!r} in metamoe.late_domains; allowed: {', '.join(domain_names)}")
+    if names and set(names) >= set(domain_names):
+        raise ValueError(f"metamoe.late_domains={spec!r} leaves no domain for the first unification; "
+                         f"name at most {len(domain_names) - 1} of {', '.join(domain_names)}")
+    return {domain_names.index(n) for n in names}
+
+
 def proxy_union(experts: list[Expert]) -> np.ndarray:
     return np.unique(np.concatenate([e.proxies for e in experts])) if experts else np.zeros(0, np.int64)
 

@@ -8,6 +8,9 @@
 2. Upload: proxy indices, routing vectors and (per client) the expert.
 3. Server: unified MoE (router rows = routing vectors, context-aware router),
    fine-tuned on the proxy union, evaluated per domain in mixed-domain batches.
+   With metamoe.late_domains (ours, DESIGN "beyond the paper"), those domains'
+   experts join a first unification of the others: the tuned MoE grows by them
+   and is fine-tuned again; both models are evaluated.
 
 Deviations from the public code, on purpose (DESIGN): the router and lambda are
 trained through the un-renormalised top-1 weight (the public code's renormalised
@@ -84,9 +87,20 @@ class MetaMoEStrategy(FedAvgStrategy):
             rejected = len(got.rejected)
             if not experts:
                 raise RuntimeError(f"no valid expert upload to unify ({len(got.rejected)} rejected; see the log)")
-        combined = self.combine(experts)
         seed = self.fed.cfg.seed
+        late = uni.late_domain_ids(self.ws.benchmark.domain_names, self.mcfg.late_domains)
+        early = [e for e in experts if e.domain not in late]
+        joiners = [e for e in experts if e.domain in late]
+        before: dict[str, float] = {}
+        if early and joiners:
+            # experts that join late: unify the early ones, then grow that model by the joiners
+            first = self.combine(early)
+            before = uni.mixed_domain_accuracy(first.predict, self.ws, seed, domain_aware=first.domain_aware)
+            combined = self.combine(early + joiners, warm=first)
+        else:
+            combined = self.combine(experts)
         metrics = uni.mixed_domain_accuracy(combined.predict, self.ws, seed, domain_aware=combined.domain_aware)
+        metrics.update({f"before-join/{k}": v for k, v in before.items()})
         metrics.update(combined.metrics or {})
         per_client = uni.client_accuracy(combined.predict, self.ws, combined.domain_aware)
         own = [m["acc-own"] for m in per_client.values()]
@@ -121,10 +135,13 @@ class MetaMoEStrategy(FedAvgStrategy):
         names = self.ws.benchmark.domain_names
         return [uni.domain_expert(names[d], d, self.domain_state[d], p) for d, p in sorted(parts.items())]
 
-    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
-        """Unified MoE fine-tuned on the proxy union (DESIGN steps 6-8)."""
+    def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
+        """Unified MoE fine-tuned on the proxy union (DESIGN steps 6-8). `warm`: an earlier
+        unification of `experts`' first members, whose fine-tuned tensors it starts from."""
         seed = self.fed.cfg.seed
         moe = uni.build_unified(self.ws.model, experts, self.mcfg, seed, self.router_init)
+        if warm is not None:
+            moe.warm_start_from(warm.predict)
         x, y = self.finetune_data(experts)
         metrics = {"finetune-loss": uni.finetune(moe, x, y, self.mcfg, seed), "finetune-examples": float(len(y))}
         metrics.update({f"lambda/{i}": float(lam) for i, lam in enumerate(moe.lambdas())})

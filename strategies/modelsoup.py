@@ -8,5 +8,5 @@ from strategies.metamoe import MetaMoEStrategy
 class ModelSoupStrategy(MetaMoEStrategy):
     forced = {"metamoe.proxy_training": False}
 
-    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+    def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
         return uni.Combined(uni.soup_predict(self.ws.model, experts))

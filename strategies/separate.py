@@ -7,5 +7,5 @@ from strategies.metamoe import MetaMoEStrategy
 
 
 class SeparateExpertsStrategy(MetaMoEStrategy):
-    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+    def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
         return uni.Combined(uni.oracle_predict(self.ws.model, experts), domain_aware=True)

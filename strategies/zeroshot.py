@@ -9,6 +9,6 @@ class ZeroShotStrategy(MetaMoEStrategy):
     forced = {"federation.rounds": 0}
     needs_experts = False
 
-    def combine(self, experts: list[uni.Expert]) -> uni.Combined:
+    def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
         self.ws.load(None)
         return uni.Combined(self.ws.model)

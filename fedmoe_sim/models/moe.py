@@ -225,6 +225,29 @@ class UnifiedMoE(nn.Module):
                 p.copy_(torch.as_tensor(np.asarray(state[k])))
 
 
+    @torch.no_grad()
+    def warm_start_from(self, old: UnifiedMoE) -> None:
+        """Start from a fine-tuned MoE with fewer experts (experts that join late, ours).
+
+        Every trainable tensor of `old` is copied in; where the expert axis (dim 0 of the
+        router gates and stacked LoRAs) grew from K to K', the first K slices are copied
+        and the K' - K new experts keep their fresh values (their own LoRAs, router rows
+        from their routing vectors): build this MoE with the old experts first, in order.
+        """
+        mine = {k: p for k, p in self.named_parameters() if p.requires_grad}
+        theirs = {k: p for k, p in old.named_parameters() if p.requires_grad}
+        if set(mine) != set(theirs):
+            raise ValueError(f"cannot warm-start: trainable tensors differ ({sorted(set(mine) ^ set(theirs))[:3]})")
+        for k, p in mine.items():
+            q = theirs[k]
+            if q.shape == p.shape:
+                p.copy_(q)
+            elif q.ndim == p.ndim and q.shape[1:] == p.shape[1:] and q.shape[0] < p.shape[0]:
+                p[:q.shape[0]].copy_(q)
+            else:
+                raise ValueError(f"cannot warm-start {k!r}: shape {tuple(q.shape)} -> {tuple(p.shape)}")
+
+
 class MoEMixer(UnifiedMoE):
     """The digits Mixer with every block's FFN a K-expert LoRA MoE with its own router.
 

@@ -21,6 +21,8 @@ from experiments.cli import main
         (["run", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
         (["run", "--set", "data.domains=rot90,sideways", "--rounds", "0"], "sideways"),
         (["run", "--set", "data.benchmark=imagefolder", "--set", "data.root=/no/such/dir"], "/no/such/dir"),
+        (["run", "--experiment", "metamoe-digits", "--strategy", "metamoe", "--set", "metamoe.late_domains=gamma,sepia",
+          "--set", "model.pretrain_steps=50"], "unknown domain 'sepia' in metamoe.late_domains; allowed: rot90, invert"),
         (["run", "--clients", "many"], "argument --clients: invalid int value: 'many'"),
         (["run", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -110,3 +110,13 @@ def test_strategy_drops_bad_uploads_and_unifies_the_rest(ws):
     got = strategy.valid_uploads(wire.Unpacked(results=[*good, bad]))
     assert [r.client_id for r in got.results] == [0, 1, 2]
     assert "outside the public pool" in got.rejected[3] and strategy.fed.rejected_total == 1
+
+
+def test_late_domains_are_named_domains_and_leave_an_early_one():
+    names = ["rot90", "invert", "blur", "gamma"]
+    assert uni.late_domain_ids(names, "") == set()
+    assert uni.late_domain_ids(names, " gamma, invert ") == {1, 3}
+    with pytest.raises(ValueError, match="unknown domain 'sepia'.*allowed: rot90, invert, blur, gamma"):
+        uni.late_domain_ids(names, "gamma,sepia")
+    with pytest.raises(ValueError, match="leaves no domain"):
+        uni.late_domain_ids(names, "rot90,invert,blur,gamma")

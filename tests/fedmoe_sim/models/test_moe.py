@@ -324,3 +324,30 @@ def test_mixer_routing_vectors_are_token_means_through_the_expert(digits_benchma
     with torch.no_grad():
         for v, h in zip(vecs, model.ffn_inputs(x), strict=True):
             np.testing.assert_allclose(v, h.mean(dim=(0, 1)).numpy(), atol=1e-6)
+
+
+def test_warm_start_keeps_the_tuned_experts_and_adds_the_late_one(digits_benchmark, mixer_cfg):
+    """Experts that join late: the grown MoE starts from the tuned one (first K slices of every
+    expert-indexed tensor, lambdas) and the joiner keeps its own LoRA and routing-vector row."""
+    model = build_model(digits_benchmark, mixer_cfg)
+    old = _mixer_moe(model, n_experts=2)
+    with torch.no_grad():                                  # stands in for fine-tuning
+        for p in old.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p)).clamp_(max=1.0)
+    tuned, fresh = old.trainable_state(), _mixer_moe(model, n_experts=3).trainable_state()
+    grown = _mixer_moe(model, n_experts=3)
+    grown.warm_start_from(old)
+    got = grown.trainable_state()
+    expert_axis = [k for k in got if got[k].shape != tuned[k].shape]
+    assert expert_axis and all(k.endswith(("gate.weight", "lora_A", "lora_B")) for k in expert_axis)
+    for k, v in got.items():
+        if k in expert_axis:
+            np.testing.assert_array_equal(v[:2], tuned[k])
+            np.testing.assert_array_equal(v[2:], fresh[k][2:])
+        else:
+            np.testing.assert_array_equal(v, tuned[k])     # lambdas
+    with pytest.raises(ValueError, match="trainable tensors differ"):
+        _mixer_moe(model, n_experts=3, context=False).warm_start_from(old)
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        _mixer_moe(model, n_experts=2).warm_start_from(grown)     # shrinking is not joining
