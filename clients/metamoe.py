@@ -5,8 +5,9 @@ with its state) and trains its expert on private data plus proxies with their
 public labels (private only when metamoe.proxy_training is off). With
 expert_per=client the expert stays on the node until the upload; with
 expert_per=domain it starts from, and is uploaded to, its domain's expert.
-upload (once, after the last round): routing vectors and proxy indices, plus the
-expert itself with expert_per=client. Nothing else leaves the client.
+upload (once, after the last round): the routing vectors and proxy indices the
+server's method uses, plus the expert itself with expert_per=client. Nothing else
+leaves the client.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flwr.app import Context
 from clients._common import evaluate_all, train_all
 from fedmoe_sim import wire
 from fedmoe_sim.config import RunConfig
-from fedmoe_sim.unification import pack_extras, routing_vectors, select_client_proxies
+from fedmoe_sim.unification import PROXIES, ROUTING, pack_extras, routing_vectors, select_client_proxies
 from fedmoe_sim.workspace import ClientStateStore, Workspace, parse_run_config
 
 
@@ -48,16 +49,24 @@ def train(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientR
 
 
 def upload(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
+    """Only what the server asked for (`task.wants`): BTM, ModelSoup and oracle routing use
+    the experts alone, BTX no routing vectors; nothing else is computed or sent."""
     cfg, store, own = _setup(task, context)
+    want_routing = ROUTING in task.wants
     results = []
     for cid in task.client_ids:
         state = store.load(cid) if own else task.global_state
-        proxies = _proxies(ws, cfg, store, cid)
-        ws.load(state)
-        pool = ws.train_data_with_public(cid, proxies) if cfg.metamoe.routing_on_proxies else ws.train_data(cid)
+        need_proxies = PROXIES in task.wants or (want_routing and cfg.metamoe.routing_on_proxies)
+        proxies = _proxies(ws, cfg, store, cid) if need_proxies else None
+        routing = None
+        if want_routing:
+            ws.load(state)
+            pool = ws.train_data_with_public(cid, proxies) if cfg.metamoe.routing_on_proxies else ws.train_data(cid)
+            routing = routing_vectors(ws, pool[0])
         metrics = {wire.NUM_EXAMPLES: ws.splits[cid].num_train, wire.DOMAIN: ws.splits[cid].domain}
         expert = (state if state is not None else ws.initial_expert()) if own else None
-        results.append(wire.ClientResult(cid, metrics, expert, pack_extras(routing_vectors(ws, pool[0]), proxies)))
+        extras = pack_extras(routing, proxies if PROXIES in task.wants else None)
+        results.append(wire.ClientResult(cid, metrics, expert, extras or None))
     return results
 
 

@@ -42,6 +42,7 @@ RUN_CONFIG = "run-config"    # JSON of the resolved RunConfig
 CLIENT_IDS = "client-ids"    # logical clients this message asks the node to handle
 ROUND = "round"
 PHASE = "phase"              # what the client should do (methods with several phases)
+WANTS = "wants"              # comma list: which optional parts the server asks for (e.g. "proxies,routing")
 EXPERT_PREFIX = "expert/"    # reply ArrayRecord per logical client
 METRICS_PREFIX = "metrics/"  # reply MetricRecord per logical client
 EXTRAS_PREFIX = "extras/"    # reply ArrayRecord per logical client: method extras (routing vectors, proxy ids)
@@ -88,13 +89,14 @@ class Task:
     server_round: int
     global_state: State | None
     phase: str = "train"
+    wants: tuple[str, ...] = ()     # optional parts of the reply the server asks for (upload phases)
 
 
 def make_task(run_config: str, client_ids: list[int], server_round: int, global_state: State | None,
-              phase: str = "train") -> RecordDict:
+              phase: str = "train", wants: tuple[str, ...] = ()) -> RecordDict:
     content = RecordDict()
     content[TASK] = ConfigRecord({RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids],
-                                  ROUND: int(server_round), PHASE: phase})
+                                  ROUND: int(server_round), PHASE: phase, WANTS: ",".join(wants)})
     if global_state is not None:
         content[GLOBAL] = to_record(global_state)
     return content
@@ -110,7 +112,8 @@ def read_task(content: RecordDict) -> Task:
     ids = _task_client_ids(cfg)
     arrays = content.array_records
     glob = from_record(arrays[GLOBAL]) if GLOBAL in arrays else None
-    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")))
+    wants = tuple(w for w in str(cfg.get(WANTS, "")).split(",") if w)
+    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")), wants)
 
 
 # -------------------------------------------------------------- replies ----

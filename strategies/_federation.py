@@ -87,8 +87,8 @@ class Federation:
                  phase: str = "train") -> list[Message]:
         return self.grouped_messages(server_round, message_type, [(client_ids, state)], phase)
 
-    def grouped_messages(self, server_round: int, message_type: str,
-                         groups: list[tuple[list[int], wire.State | None]], phase: str = "train") -> list[Message]:
+    def grouped_messages(self, server_round: int, message_type: str, groups: list[tuple[list[int], wire.State | None]],
+                         phase: str = "train", wants: tuple[str, ...] = ()) -> list[Message]:
         """One message per (node, group): clients of one group receive the same state (e.g. their domain's expert)."""
         out = []
         for client_ids, state in groups:
@@ -96,7 +96,7 @@ class Federation:
             for node, cids in self.placement(sorted(client_ids)).items():
                 for cid in cids:
                     self.ledger.add(server_round, wire.DOWN, cid, nbytes)
-                content = wire.make_task(self.run_config, cids, server_round, state, phase)
+                content = wire.make_task(self.run_config, cids, server_round, state, phase, wants)
                 out.append(Message(content, node, message_type))
         return out
 

@@ -44,6 +44,7 @@ class MetaMoEStrategy(FedAvgStrategy):
     forced: dict = {}          # config values that define a variant (ablations, baselines)
     router_init = "routing"    # router rows from routing vectors ("random": BTX)
     needs_experts = True       # zero-shot skips the upload
+    wants: tuple[str, ...] = (uni.PROXIES, uni.ROUTING)   # what else the upload must carry (only what combine uses)
 
     def __init__(self, fed: Federation, ws: Workspace) -> None:
         super().__init__(fed, ws)
@@ -81,7 +82,8 @@ class MetaMoEStrategy(FedAvgStrategy):
         rejected = 0
         if self.needs_experts:
             everyone = list(range(self.fed.cfg.federation.num_clients))
-            msgs = self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(everyone), phase="upload")
+            msgs = self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(everyone), phase="upload",
+                                             wants=self.wants)
             got = self.fed.collect(server_round, exchange(msgs, "upload"), self.spec if not self.per_domain else None, everyone)
             experts = self.experts_from(self.valid_uploads(got))
             rejected = len(got.rejected)
@@ -114,7 +116,7 @@ class MetaMoEStrategy(FedAvgStrategy):
         dims, pool = uni.model_routing_dims(self.ws), len(self.ws.benchmark.public_y)
         kept = []
         for r in got.results:
-            reason = uni.upload_problem(r, dims, pool, need_expert=not self.per_domain)
+            reason = uni.upload_problem(r, dims, pool, need_expert=not self.per_domain, wants=self.wants)
             if reason is None:
                 kept.append(r)
             else:

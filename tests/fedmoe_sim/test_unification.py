@@ -120,3 +120,18 @@ def test_late_domains_are_named_domains_and_leave_an_early_one():
         uni.late_domain_ids(names, "gamma,sepia")
     with pytest.raises(ValueError, match="leaves no domain"):
         uni.late_domain_ids(names, "rot90,invert,blur,gamma")
+
+
+def test_an_upload_carries_exactly_what_the_server_asked_for():
+    from fedmoe_sim import wire
+
+    expert = {"w": np.zeros(1, np.float32)}
+    bare = wire.ClientResult(3, {}, expert, None)
+    assert uni.upload_problem(bare, [8, 8], pool_size=10, need_expert=True, wants=()) is None
+    assert "no proxy indices" in uni.upload_problem(bare, [8, 8], 10, True, wants=(uni.PROXIES,))
+    only_proxies = wire.ClientResult(3, {}, expert, uni.pack_extras(None, np.array([1, 2])))
+    assert uni.upload_problem(only_proxies, [8, 8], 10, True, wants=(uni.PROXIES,)) is None
+    assert "unexpected array 'proxies'" in uni.upload_problem(only_proxies, [8, 8], 10, True, wants=())
+    assert "missing routing vector" in uni.upload_problem(only_proxies, [8, 8], 10, True)
+    routing, proxies = uni.unpack_extras(uni.pack_extras(None, None))
+    assert routing == [] and proxies.shape == (0,)

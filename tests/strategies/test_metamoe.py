@@ -25,7 +25,8 @@ def runs(tmp_path_factory, simulate):
             build_config("metamoe-digits", {**SMALL, "strategy": "metamoe", "metamoe.late_domains": "invert",
                                             # experts that learn their domain, so joining can show
                                             "federation.rounds": 1, "train.local_epochs": 10,
-                                            "data.samples_per_client": 60, "out": str(tmp / "late")})]
+                                            "data.samples_per_client": 60, "out": str(tmp / "late")}),
+            build_config("metamoe-digits", {**SMALL, "strategy": "btm", "out": str(tmp / "btm")})]
     summaries, captured = simulate(cfgs)
     return {"cfgs": cfgs, "summaries": summaries, "replies": captured, "tmp": tmp}
 
@@ -81,3 +82,13 @@ def test_a_late_domain_joins_the_unified_model(runs):
     assert {"server-eval/before-join/acc/rot90", "server-eval/before-join/acc-mean"} <= set(last)
     one_shot = json.loads((runs["tmp"] / "one-shot" / "rounds.jsonl").read_text().splitlines()[-1])
     assert last["bytes-up"] == one_shot["bytes-up"]     # the same uploads, one of them used later
+
+
+def test_methods_upload_only_what_they_use(runs):
+    """BTM combines the experts alone: its clients send no proxies and no routing vectors."""
+    spec = get_workspace(runs["cfgs"][0]).model.expert_spec()
+    expert_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in spec.values())
+    upload = {name: json.loads((runs["tmp"] / name / "rounds.jsonl").read_text().splitlines()[-1])["bytes-up"]
+              for name in ("btm", "one-shot")}
+    assert upload["btm"] == 4 * expert_bytes
+    assert upload["one-shot"] == 4 * (expert_bytes + 20 * 8 + 3 * 64 * 4)   # + 20 proxy ids + 3 routing vectors
