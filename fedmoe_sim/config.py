@@ -211,6 +211,12 @@ class MetaMoEConfig:
             _fail("metamoe.expert_per", self.expert_per, f"one of {', '.join(EXPERT_PER)}")
 
 
+# Keys added after results were recorded, with the value at which they change nothing
+# (the behaviour before they existed): at that value they stay out of `identity_hash`.
+# Only ever add to this table; a key whose default changes behaviour does not belong here.
+ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": ""}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     strategy: str = "fedavg"           # a registered strategy (experiments.registry)
@@ -236,8 +242,11 @@ class RunConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     def identity_hash(self, exclude: tuple[str, ...] = ("out",)) -> str:
-        """Hash of everything that changes results (the output path does not)."""
-        flat = {k: v for k, v in self.to_flat().items() if k not in exclude}
+        """Hash of everything that changes results (the output path does not). Keys added
+        after runs were recorded leave the hash while they hold their no-op value
+        (`ADDED_KEYS_OFF`), so earlier run and sweep directories stay resumable."""
+        flat = {k: v for k, v in self.to_flat().items()
+                if k not in exclude and not (k in ADDED_KEYS_OFF and v == ADDED_KEYS_OFF[k])}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
     def data_key(self) -> str:

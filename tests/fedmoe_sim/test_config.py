@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from fedmoe_sim.config import ConfigError, RunConfig, config_from_json, known_keys, parse_assignments, resolve_config
@@ -53,6 +56,20 @@ def test_identity_hash_ignores_output_dir_but_not_values():
     b = resolve_config({"out": "y"})
     c = resolve_config({"seed": 1})
     assert a.identity_hash() == b.identity_hash() != c.identity_hash()
+
+
+def test_keys_added_later_keep_old_hashes_while_off():
+    """A run recorded before metamoe.late_domains existed hashed the config without it:
+    at its no-op value the key stays out, and it counts as soon as it does something."""
+    from fedmoe_sim.config import ADDED_KEYS_OFF, flatten
+
+    cfg = resolve_config({})
+    flat = {k: v for k, v in cfg.to_flat().items() if k != "out" and k not in ADDED_KEYS_OFF}
+    before = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.identity_hash() == before
+    assert resolve_config({"metamoe.late_domains": "gamma"}).identity_hash() != before
+    assert set(ADDED_KEYS_OFF) <= set(flatten(json.loads(cfg.to_json())))
+    assert all(ADDED_KEYS_OFF[k] == v for k, v in cfg.to_flat().items() if k in ADDED_KEYS_OFF)   # off by default
 
 
 def test_data_key_is_shared_by_strategies_but_not_seeds():
