@@ -225,6 +225,34 @@ def mixed_domain_accuracy(predict: Predict, ws: Workspace, seed: int, batch_size
 
 
 @torch.no_grad()
+def routing_to_own_domain(moe: nn.Module, expert_domains: list[int], ws: Workspace,
+                          batch_size: int = 256) -> dict[str, float]:
+    """Why a unified model wins or loses: per domain, the share of its test tokens whose
+    top-1 expert (summed over MoE layers) belongs to that domain. Padding is masked out;
+    1.0 = the router separates the domains perfectly (what oracle routing does)."""
+    owner = torch.as_tensor(expert_domains)
+    out = {}
+    for d, name in enumerate(ws.benchmark.domain_names):
+        x, _ = ws.domain_test(d)
+        n = len(x["input_ids"]) if isinstance(x, dict) else len(x)
+        hits = total = 0.0
+        for start in range(0, n, batch_size):
+            batch = ExpertModel.index(x, torch.arange(start, min(start + batch_size, n)))
+            _, probs = moe(batch, return_probs=True)
+            for p in probs:                                          # [B, T, K] per MoE layer
+                if isinstance(batch, dict):
+                    valid = batch["attention_mask"][:, :p.shape[1]].to(p.device).bool()
+                else:
+                    valid = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+                own = owner.to(p.device)[p.argmax(-1)] == d
+                hits += float((own & valid).sum())
+                total += float(valid.sum())
+        out[f"routing-own/{name}"] = hits / max(total, 1.0)
+    out["routing-own"] = float(np.mean(list(out.values())))
+    return out
+
+
+@torch.no_grad()
 def client_accuracy(predict: Predict, ws: Workspace, domain_aware: bool = False) -> dict[int, dict[str, float]]:
     """What each client would measure on its own held-out split with the final model
     (computed where the splits are: the simulation's server). Keys as client evaluation."""

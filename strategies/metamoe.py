@@ -147,6 +147,7 @@ class MetaMoEStrategy(FedAvgStrategy):
         x, y = self.finetune_data(experts)
         metrics = {"finetune-loss": uni.finetune(moe, x, y, self.mcfg, seed), "finetune-examples": float(len(y))}
         metrics.update({f"lambda/{i}": float(lam) for i, lam in enumerate(moe.lambdas())})
+        metrics.update(uni.routing_to_own_domain(moe, [e.domain for e in experts], self.ws))
         return uni.Combined(moe, metrics=metrics)
 
     def finetune_data(self, experts: list[uni.Expert]):

@@ -135,3 +135,19 @@ def test_an_upload_carries_exactly_what_the_server_asked_for():
     assert "missing routing vector" in uni.upload_problem(only_proxies, [8, 8], 10, True)
     routing, proxies = uni.unpack_extras(uni.pack_extras(None, None))
     assert routing == [] and proxies.shape == (0,)
+
+
+def test_routing_share_counts_tokens_sent_to_their_own_domains_expert(ws):
+    """Equal router rows: every token goes to expert 0 (argmax tie), here gamma's expert."""
+    from fedmoe_sim.models import build_moe_from_experts
+
+    ws.load(None)
+    states = [ws.model.expert_state(), ws.model.expert_state()]
+    moe = build_moe_from_experts(ws.model, states, router_init=None, context=False).eval()
+    with torch.no_grad():
+        for r in moe.routers:
+            r.gate.weight.zero_()
+    share = uni.routing_to_own_domain(moe, [3, 1], ws)           # expert 0 = gamma, expert 1 = invert
+    assert share["routing-own/gamma"] == 1.0
+    assert share["routing-own/invert"] == share["routing-own/rot90"] == 0.0
+    assert share["routing-own"] == 0.25
