@@ -22,6 +22,7 @@ MEAN_ACC_KEY = "acc-mean"   # in summary["final"]: mean accuracy over domains of
 CLIENT_ACC_KEY = "acc-own"              # in each summary["per_client"] row (wire.ACC_OWN)
 DOMAIN_ACC_KEY = "acc"                  # in summary["per_domain"][d] when that is a dict
 BYTE_FIELDS = ("bytes_up", "bytes_down", "bytes_p2p")
+ROUTING_OWN_KEY = "server-eval/routing-own"   # unified MoEs: share of test tokens routed to their own domain's expert
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def _run_metrics(s: Mapping[str, Any], acc_key: str, client_acc_key: str) -> dic
     out: dict[str, float | None] = {"acc": s["final"][acc_key]}
     clients = [c[client_acc_key] for c in s.get("per_client", []) if c.get(client_acc_key) is not None]
     out["worst_client_acc"] = min(clients) if clients else None
+    out["routing_own"] = s["final"].get(ROUTING_OWN_KEY)
     for domain, value in s.get("per_domain", {}).items():
         out[f"acc/{domain}"] = _domain_acc(value)
     for name in (*BYTE_FIELDS, "wall_s"):
@@ -147,8 +149,10 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
     head = ["strategy", "seeds", "mean acc (%)"]
     if baseline is not None:
         head.append("Δ acc vs baseline (pp)")
-    head += ["worst client (%)", *[f"{_md_escape(d)} (%)" for d in domains], "bytes up", "bytes down",
-             "bytes P2P", "wall time"]
+    routing = any("routing_own" in r.cells for r in rows)
+    head += ["worst client (%)", *[f"{_md_escape(d)} (%)" for d in domains]]
+    head += ["routed to own domain (%)"] if routing else []
+    head += ["bytes up", "bytes down", "bytes P2P", "wall time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         cells = [_md_escape(r.strategy) + (" (baseline)" if r.is_baseline else ""), str(len(r.seeds)),
@@ -157,20 +161,24 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
             cells.append("—" if r.is_baseline else format_cell(
                 None if r.diff is None else Cell(r.diff.mean * 100, r.diff.hw * 100, r.diff.n), signed=True))
         cells += [_scaled(r.cells.get("worst_client_acc"), "pct"),
-                  *[_scaled(r.cells.get(f"acc/{d}"), "pct") for d in domains],
-                  *[_scaled(r.cells.get(b), "bytes") for b in BYTE_FIELDS], _scaled(r.cells.get("wall_s"), "time")]
+                  *[_scaled(r.cells.get(f"acc/{d}"), "pct") for d in domains]]
+        cells += [_scaled(r.cells.get("routing_own"), "pct")] if routing else []
+        cells += [*[_scaled(r.cells.get(b), "bytes") for b in BYTE_FIELDS], _scaled(r.cells.get("wall_s"), "time")]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nMean ± {pct} CI half-width over seeds (Student t, n-1 df); `(n=1)`: one seed, no interval; "
             "no `±`: all seeds gave the same value. Accuracy in percent; bytes are run totals in binary units.")
     if baseline is not None:
         note += (f" Δ: accuracy minus `{_md_escape(baseline)}`'s in percentage points, paired by seed "
                  "(seeds both ran); an interval excluding 0 is a difference at that level.")
+    if routing:
+        note += (" Routed to own domain: share of each domain's test tokens whose top-1 expert is one of that "
+                 "domain's, averaged over MoE layers and domains (unified MoEs only; oracle routing = 100).")
     return "\n".join(lines) + "\n" + note + "\n"
 
 
 def table_csv(rows: list[StrategyRow], domains: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Machine-readable table: raw numbers (fractions, bytes, seconds), mean and half-width per metric."""
-    metrics = ["acc", "worst_client_acc", *[f"acc/{d}" for d in domains], *BYTE_FIELDS, "wall_s"]
+    metrics = ["acc", "worst_client_acc", *[f"acc/{d}" for d in domains], "routing_own", *BYTE_FIELDS, "wall_s"]
     columns = ["strategy", "is_baseline", "n_seeds", "seeds"]
     columns += [f"{m}_{part}" for m in metrics for part in ("mean", "hw")]
     columns += ["diff_acc_mean", "diff_acc_hw", "diff_acc_n"]

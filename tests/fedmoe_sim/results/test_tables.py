@@ -95,6 +95,19 @@ def test_a_missing_domain_shows_a_dash(tmp_path):
     assert a_row.split(" | ")[5:7] == ["80.0 (n=1)", "—"]            # mnist, usps
 
 
+def test_routing_column_appears_only_when_some_method_routes(summaries, tmp_path):
+    assert "routed to own domain" not in write_table(summaries, "B", tmp_path)
+    for s, share in zip(summaries[:3], (0.5, 0.6, 0.7), strict=True):     # B routes, the others do not
+        s["final"]["server-eval/routing-own"] = share
+    md = write_table(summaries, "B", tmp_path)
+    head = md.splitlines()[0].split(" | ")
+    col = head.index("routed to own domain (%)")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md.splitlines()[2:6]}
+    assert rows["B (baseline)"][col] == "60.0 ± 24.8" and rows["A"][col] == "—"
+    rows = {r["strategy"]: r for r in csv.DictReader((tmp_path / "table.csv").open())}
+    assert float(rows["B"]["routing_own_mean"]) == pytest.approx(0.6) and rows["A"]["routing_own_mean"] == ""
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="baseline 'Z'"):
         build_table([_s("A", 0, 0.8)], "Z")
