@@ -83,3 +83,21 @@ def test_bytes_series_counts_traffic_of_unevaluated_rounds():
               {"round": 1, "bytes-up": 10, "bytes-down": 20, "bytes-p2p": 5},                 # not evaluated
               {"round": 3, "bytes-up": 1, "acc-mean": 0.7}]
     assert accuracy_vs_bytes_series(rounds) == [(65, 0.6), (66, 0.7)]
+
+
+def test_near_equal_costs_do_not_fill_the_bytes_axis(tmp_path, monkeypatch):
+    """One-shot methods that differ by 1% in bytes must not look an axis apart."""
+    limits = []
+    real = plots._save_png
+
+    def keep_limits(fig, path):
+        limits.append(fig.axes[0].get_xlim())
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save_png", keep_limits)
+    near = {"a": [[(2.84e6, 0.9)]], "b": [[(2.87e6, 0.8)]]}
+    plot_accuracy_vs_bytes(near, tmp_path / "near.png")
+    lo, hi = limits[-1]
+    assert hi / lo >= 10
+    plot_accuracy_vs_bytes(BYTES, tmp_path / "far.png")           # a factor >= 4 apart: matplotlib's own limits
+    _assert_png(tmp_path / "far.png")
