@@ -305,9 +305,12 @@ def soup_predict(model: ExpertModel, experts: list[Expert]) -> Predict:
     return predict
 
 
-def oracle_predict(model: ExpertModel, experts: list[Expert]) -> Callable[[object, torch.Tensor], torch.Tensor]:
+def oracle_predict(model: ExpertModel, experts: list[Expert],
+                   fallback: State | None = None) -> Callable[[object, torch.Tensor], torch.Tensor]:
     """Separate experts with oracle routing: each sample goes to an expert of its true domain
-    (the first, by name, when several clients share a domain in one-expert-per-client mode)."""
+    (the first, by name, when several clients share a domain in one-expert-per-client mode).
+    A domain with no expert (all its uploads rejected, or not joined yet) gets `fallback`
+    (the initial expert: what the backbone does without one)."""
     by_domain: dict[int, State] = {}
     for e in sorted(experts, key=lambda e: e.name):
         by_domain.setdefault(e.domain, e.state)
@@ -316,7 +319,10 @@ def oracle_predict(model: ExpertModel, experts: list[Expert]) -> Callable[[objec
         out = None
         for d in domains.unique().tolist():
             mask = domains == d
-            model.load_expert_state(by_domain[d])
+            state = by_domain.get(d, fallback)
+            if state is None:
+                raise ValueError(f"no expert for domain {d} and no fallback expert")
+            model.load_expert_state(state)
             logits = model(ExpertModel.index(inputs, mask.nonzero().squeeze(1)))
             if out is None:
                 out = torch.zeros(len(domains), logits.shape[1])

@@ -10,4 +10,4 @@ class SeparateExpertsStrategy(MetaMoEStrategy):
     wants = ()                 # the experts alone (oracle routing needs no routing vectors)
 
     def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
-        return uni.Combined(uni.oracle_predict(self.ws.model, experts), domain_aware=True)
+        return uni.Combined(uni.oracle_predict(self.ws.model, experts, fallback=self._initial), domain_aware=True)

@@ -151,3 +151,21 @@ def test_routing_share_counts_tokens_sent_to_their_own_domains_expert(ws):
     assert share["routing-own/gamma"] == 1.0
     assert share["routing-own/invert"] == share["routing-own/rot90"] == 0.0
     assert share["routing-own"] == 0.25
+
+
+def test_oracle_routing_sends_a_domain_without_expert_to_the_fallback(ws):
+    ws.load(None)
+    initial = ws.model.expert_state()
+    trained = {k: v + 0.5 for k, v in initial.items()}
+    x, _ = ws.domain_test(0)
+    x = x[:8]
+    predict = uni.oracle_predict(ws.model, [uni.Expert("c0", 0, trained, [], np.zeros(0, np.int64), 1.0)],
+                                 fallback=initial)
+    domains = torch.tensor([0, 1] * 4)
+    out = predict(x, domains)
+    ws.model.load_expert_state(initial)
+    torch.testing.assert_close(out[domains == 1], ws.model(x[domains == 1]).detach())
+    ws.model.load_expert_state(trained)
+    torch.testing.assert_close(out[domains == 0], ws.model(x[domains == 0]).detach())
+    with pytest.raises(ValueError, match="no expert for domain 1"):
+        uni.oracle_predict(ws.model, [uni.Expert("c0", 0, trained, [], np.zeros(0, np.int64), 1.0)])(x, domains)
