@@ -228,8 +228,9 @@ def mixed_domain_accuracy(predict: Predict, ws: Workspace, seed: int, batch_size
 def routing_to_own_domain(moe: nn.Module, expert_domains: list[int], ws: Workspace,
                           batch_size: int = 256) -> dict[str, float]:
     """Why a unified model wins or loses: per domain, the share of its test tokens whose
-    top-1 expert (summed over MoE layers) belongs to that domain. Padding is masked out;
-    1.0 = the router separates the domains perfectly (what oracle routing does)."""
+    top-1 expert belongs to that domain, counted at every MoE layer (token-layer pairs).
+    Padding is masked out; 1.0 = the router separates the domains perfectly (what oracle
+    routing does); `routing-own` is the mean over domains."""
     owner = torch.as_tensor(expert_domains)
     out = {}
     for d, name in enumerate(ws.benchmark.domain_names):
