@@ -62,3 +62,14 @@ class ClientSplit:
     @property
     def num_train(self) -> int:
         return int(len(self.y_train))
+
+
+def check_domain_names(kind: str, names: tuple[str, ...], known, allowed) -> tuple[str, ...]:
+    """`names` if every one is in `known` and none repeats; else ValueError naming the value
+    and what is `allowed` (shown to the user as one line)."""
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown {kind} domain {name!r}; allowed: {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{kind} domains must be distinct (got {', '.join(names)})")
+    return names

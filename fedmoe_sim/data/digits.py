@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmoe_sim.data.base import Benchmark, Domain
+from fedmoe_sim.data.base import Benchmark, Domain, check_domain_names
 
 DEFAULT_DOMAINS = ("rot90", "invert", "blur", "gamma")
 # Out-of-domain shifts mixed into the public pool beside the chosen domains (DESIGN).
@@ -144,12 +144,7 @@ def load_digits_domains(domains: tuple[str, ...] = (), seed: int = 0) -> Benchma
     index, or -1 for the out-of-domain shifts.
     """
     del seed  # the benchmark is seed-independent by design
-    names = tuple(domains) or DEFAULT_DOMAINS
-    for name in names:
-        if name not in _SHIFTS:
-            raise ValueError(f"unknown digits domain {name!r}; allowed: {', '.join(ALL_DOMAINS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"digits domains must be distinct (got {', '.join(names)})")
+    names = check_domain_names("digits", tuple(domains) or DEFAULT_DOMAINS, _SHIFTS, ALL_DOMAINS)
     x, y = _raw_digits()
     split = base_split()
     built = tuple(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmoe_sim.data.base import Benchmark, Domain
+from fedmoe_sim.data.base import Benchmark, Domain, check_domain_names
 
 TRAIN_PER_DOMAIN = 400
 TEST_PER_DOMAIN = 200
@@ -184,12 +184,7 @@ def load_text_domains(domains: tuple[str, ...] = (), seed: int = 0) -> Benchmark
     with their own labels. Streams are keyed by (seed, domain, split), so adding a
     domain does not change the others' samples.
     """
-    names = tuple(domains) or DEFAULT_DOMAINS
-    for name in names:
-        if name not in SPECS:
-            raise ValueError(f"unknown text domain {name!r}; allowed: {', '.join(SPECS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"text domains must be distinct (got {', '.join(names)})")
+    names = check_domain_names("text", tuple(domains) or DEFAULT_DOMAINS, SPECS, SPECS)
     built = []
     for name in names:
         x_tr, y_tr = generate(SPECS[name], TRAIN_PER_DOMAIN, _rng(seed, name, "train"))
