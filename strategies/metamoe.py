@@ -98,6 +98,7 @@ class MetaMoEStrategy(FedAvgStrategy):
             # experts that join late: unify the early ones, then grow that model by the joiners
             first = self.combine(early)
             before = uni.mixed_domain_accuracy(first.predict, self.ws, seed, domain_aware=first.domain_aware)
+            before.update(first.metrics or {})     # its routing, lambdas and fine-tuning loss too
             combined = self.combine(early + joiners, warm=first)
         else:
             combined = self.combine(experts)
