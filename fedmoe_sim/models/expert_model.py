@@ -20,6 +20,7 @@ from torch import nn
 
 from fedmoe_sim.models.lora import lora_a_init_
 
+EXPERT = "expert"   # the one part of a model that registers a single expert
 Inputs = Any  # a Tensor (images) or a dict of Tensors (text: input_ids, attention_mask)
 
 
@@ -56,6 +57,7 @@ class ExpertModel(nn.Module):
         super().__init__()
         self.num_classes = int(num_classes)
         self._expert: dict[str, nn.Parameter] = {}
+        self._parts: dict[str, tuple[str, ...]] = {}   # part name -> its tensor names (sorted)
 
     # -- what subclasses provide ---------------------------------------------------
     def prepare(self, x: np.ndarray) -> Inputs:
@@ -77,19 +79,59 @@ class ExpertModel(nn.Module):
         return inputs[idx.to(inputs.device)]
 
     def _register_expert(self, named: dict[str, nn.Parameter]) -> None:
-        """Freeze everything, then unfreeze exactly `named` (public name -> Parameter)."""
+        """Freeze everything, then unfreeze exactly `named` (public name -> Parameter): one part, "expert"."""
+        self._register_parts({EXPERT: named})
+
+    def _register_parts(self, parts: dict[str, dict[str, nn.Parameter]]) -> None:
+        """Freeze everything, then unfreeze exactly the tensors of `parts` (part -> public name -> Parameter).
+
+        Why parts: personalised methods send some trainable tensors and keep others (a
+        gate, a private head), so "trainable" and "what is sent" differ; the strategy
+        names the parts it exchanges, the model says which tensors form each. Tensor
+        names are unique across parts.
+        """
+        named: dict[str, nn.Parameter] = {}
+        for part, tensors in parts.items():
+            clash = sorted(set(named) & set(tensors))
+            if clash:
+                raise RuntimeError(f"tensor {clash[0]!r} is in two parts")
+            named.update(tensors)
         self.requires_grad_(False)
         for p in named.values():
             p.requires_grad_(True)
         self._expert = dict(sorted(named.items()))
+        self._parts = {part: tuple(sorted(tensors)) for part, tensors in parts.items()}
         expert_ids = {id(p) for p in self._expert.values()}
         trainable = {id(p) for p in self.parameters() if p.requires_grad}
         if trainable != expert_ids:  # a programming error: an expert tensor is not a submodule param
             raise RuntimeError("expert tensors must be exactly the model's trainable parameters")
 
+    # -- named parts -----------------------------------------------------------------
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(self._parts)
+
+    def _tensors_of(self, part: str) -> tuple[str, ...]:
+        try:
+            return self._parts[part]
+        except KeyError:
+            raise ValueError(f"model has no part {part!r} (parts: {', '.join(self._parts)})") from None
+
+    def part_spec(self, part: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {k: (tuple(self._expert[k].shape), "float32") for k in self._tensors_of(part)}
+
+    def part_state(self, part: str) -> dict[str, np.ndarray]:
+        """Float32 numpy copies of one part's tensors, sorted by name."""
+        return {k: self._expert[k].detach().to("cpu", torch.float32).numpy().copy() for k in self._tensors_of(part)}
+
+    def split_parts(self, state: dict[str, np.ndarray], parts: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """A whole trainable state (as `expert_state` gives) cut into the named parts."""
+        return {part: {k: state[k] for k in self._tensors_of(part)} for part in parts}
+
     # -- the expert ----------------------------------------------------------------
     def expert_state(self) -> dict[str, np.ndarray]:
-        """Float32 numpy copies of the expert tensors, sorted by name (what a client uploads)."""
+        """Float32 numpy copies of every trainable tensor (all parts), sorted by name: what a
+        client trains and keeps; what it sends is the parts its strategy names."""
         return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._expert.items()}
 
     def expert_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:

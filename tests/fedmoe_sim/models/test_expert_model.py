@@ -95,3 +95,16 @@ def test_models_of_one_process_share_nothing_trainable(digits_benchmark, mixer_c
     with torch.no_grad():
         a.net.head.weight.add_(1.0)                          # even frozen weights are per model
     assert not torch.equal(a.net.head.weight, b.net.head.weight)
+
+
+def test_a_single_expert_model_has_one_part_holding_every_trainable_tensor(model):
+    from fedmoe_sim.models.expert_model import EXPERT
+
+    assert model.part_names == (EXPERT,)
+    state = model.expert_state()
+    assert model.part_spec(EXPERT) == model.expert_spec()
+    assert set(model.part_state(EXPERT)) == set(state)
+    assert model.split_parts(state, [EXPERT]) == {EXPERT: state}
+    assert model.split_parts(state, []) == {}
+    with pytest.raises(ValueError, match="no part 'gate'"):
+        model.part_spec("gate")
