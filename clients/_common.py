@@ -1,45 +1,82 @@
 """What every method's client does per logical client: train from a start state, or evaluate.
 
-Methods differ only in where the start state comes from (the server's global
-expert, or the client's own stored expert) and what they upload; they pass
-those two choices here instead of copying the loop.
+Methods differ in where a client's start state comes from (the server's part, or
+the client's own stored state), what persists on the client, and the data it
+trains on; they pass those choices here instead of copying the loop. What a
+client sends back is never its choice: exactly the parts the task expects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from flwr.app import Context
+
 from fedmoe_sim import wire
-from fedmoe_sim.workspace import State, Workspace
+from fedmoe_sim.workspace import ClientStateStore, MissingStateError, State, Workspace, parse_run_config
 
 StartFn = Callable[[int], State | None]
 KeepFn = Callable[[int, State], None]
 DataFn = Callable[[int], tuple]
 
 
-def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None, upload: bool,
-              data: DataFn | None = None) -> list[wire.ClientResult]:
-    """Train each logical client of the task; `data(cid)` overrides its training pool."""
+def state_store(task: wire.Task, context: Context) -> ClientStateStore:
+    """The node's store for this run: the node's own `state-dir` (node config), else the run's
+    federation.state_dir, else the system temp dir (every simulated node of one machine)."""
+    base = str(context.node_config.get("state-dir", "")) or parse_run_config(task.run_config).federation.state_dir
+    return ClientStateStore.for_run(context.run_id, task.run_config, base)
+
+
+def own_state(store: ClientStateStore, task: wire.Task) -> StartFn:
+    """A stateful client's own state: none before its first accepted training, else the stored
+    one, which must be at least as recent as the server says (`MissingStateError` otherwise)."""
+    def load(cid: int) -> State | None:
+        at_least = int(task.plan(cid).get(wire.STATE_ROUND, 0))
+        return store.load(cid, at_least=at_least) if at_least > 0 else None
+    return load
+
+
+def keep_in(store: ClientStateStore, task: wire.Task) -> KeepFn:
+    return lambda cid, state: store.save(cid, state, server_round=task.server_round)
+
+
+def per_client(task: wire.Task, work: Callable[[int], wire.ClientResult]) -> list[wire.ClientResult]:
+    """`work(cid)` for every client of the task; a client whose state is missing reports it
+    (the server stops the run with the reason) instead of failing its node's other clients."""
     results = []
     for cid in task.client_ids:
+        try:
+            results.append(work(cid))
+        except MissingStateError as exc:
+            results.append(wire.ClientResult(cid, {}, error=str(exc), error_kind=wire.MISSING_STATE))
+    return results
+
+
+def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None = None,
+              data: DataFn | None = None) -> list[wire.ClientResult]:
+    """Train each logical client of the task; `data(cid)` overrides its training pool."""
+    def work(cid: int) -> wire.ClientResult:
         state, stats, n = ws.train_client(cid, task.server_round, start(cid), data(cid) if data else None)
         if keep is not None:
             keep(cid, state)
         metrics = {wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: stats.loss, wire.TRAIN_ACC: stats.accuracy}
-        results.append(wire.ClientResult(cid, metrics, state if upload else None))
-    return results
+        return wire.ClientResult(cid, metrics, ws.model_of(cid).split_parts(state, task.expect))
+    return per_client(task, work)
 
 
 def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn) -> list[wire.ClientResult]:
-    results = []
-    for cid in task.client_ids:
+    def work(cid: int) -> wire.ClientResult:
         ev = ws.evaluate_client(cid, state_of(cid))
-        metrics = {
+        return wire.ClientResult(cid, {
             wire.NUM_EXAMPLES: ev.num_examples,
             wire.EVAL_LOSS: ev.loss,
             wire.ACC_OWN: ev.acc_own,
             wire.ACC_DOMAIN: ev.acc_domain,
             wire.DOMAIN: ev.domain,
-        }
-        results.append(wire.ClientResult(cid, metrics))
-    return results
+        })
+    return per_client(task, work)
+
+
+def from_server(task: wire.Task, part: str) -> StartFn:
+    """Start from the part the server sent this client."""
+    return lambda cid: task.part(cid, part)

@@ -16,24 +16,29 @@ from fedmoe_sim.workspace import get_workspace, parse_run_config
 app = ClientApp()
 
 
-def _handle(msg: Message, context: Context, phase: str) -> Message:
-    """`phase` is the handler name: "evaluate", or for train messages the task's phase
-    ("train", or a method's own step such as MetaMoE's "upload")."""
+def _handle(msg: Message, context: Context, evaluate: bool) -> Message:
+    """The handler is the client module's function named by the task's phase ("train",
+    "evaluate", or a method's own step such as MetaMoE's "upload"); Flower's evaluate
+    messages only ever carry the evaluate phase."""
     task = wire.read_task(msg.content)
     cfg = parse_run_config(task.run_config)
-    handler = getattr(get_method(cfg.strategy).client, phase if phase == "evaluate" else task.phase)
+    client = get_method(cfg.strategy).client
+    phase = wire.EVALUATE if evaluate else task.phase
+    handler = None if phase.startswith("_") else getattr(client, phase, None)
+    if not callable(handler) or (evaluate and task.phase != wire.EVALUATE):
+        raise ValueError(f"strategy {cfg.strategy} has no client phase {task.phase!r}")
     results = handler(get_workspace(cfg), task, context)
     return Message(wire.make_reply(results), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "train")
+    return _handle(msg, context, evaluate=False)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "evaluate")
+    return _handle(msg, context, evaluate=True)
 
 
 @app.query()

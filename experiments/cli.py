@@ -91,14 +91,12 @@ def prepare_run(cfg: RunConfig) -> None:
     from experiments.registry import get_method
     from fedmoe_sim.workspace import get_workspace
 
-    get_method(cfg.strategy)
+    method = get_method(cfg.strategy)
     if cfg.out:
         check_out_dir(Path(cfg.out), cfg)
-    from fedmoe_sim.unification import late_domain_ids
-
     try:
         ws = get_workspace(cfg)  # builds data + model once; the in-process server reuses it
-        late_domain_ids(ws.benchmark.domain_names, cfg.metamoe.late_domains)
+        method.strategy.check_config(cfg, ws)
     except (ValueError, FileNotFoundError) as exc:  # unknown domain, missing dataset root, ...
         raise ConfigError(str(exc)) from None
 

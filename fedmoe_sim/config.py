@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
 PLACEMENTS = ("shard", "partition")
+BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp")
 
 
 class ConfigError(ValueError):
@@ -81,10 +82,15 @@ class ModelConfig:
     lora_rank: int = 8                 # expert LoRA rank (DESIGN digits: 8; paper: 16)
     lora_alpha: float = 16.0           # LoRA scale numerator (scale = alpha / rank)
     max_length: int = 48               # text: tokens per sample
+    families: str = ""                 # comma list of model families (backbone names), client i gets
+                                       # families[i mod len] (model-heterogeneous FL); "" = model.backbone for all
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mixer", "minilm", "vit", "tiny-mlp"):
-            _fail("model.backbone", self.backbone, "one of mixer, minilm, vit, tiny-mlp")
+        if self.backbone not in BACKBONES:
+            _fail("model.backbone", self.backbone, f"one of {', '.join(BACKBONES)}")
+        for family in self.family_list:
+            if family not in BACKBONES:
+                _fail("model.families", self.families, f"a comma list of {', '.join(BACKBONES)}")
         for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch"):
             if getattr(self, name) < 1:
                 _fail(f"model.{name}", getattr(self, name), ">= 1")
@@ -92,6 +98,12 @@ class ModelConfig:
             _fail("model.pretrain_steps", self.pretrain_steps, ">= 0")
         if not self.lora_alpha > 0:
             _fail("model.lora_alpha", self.lora_alpha, "> 0")
+
+    @property
+    def family_list(self) -> tuple[str, ...]:
+        """The model families in client order (one entry: every client runs the same model)."""
+        named = tuple(f.strip() for f in self.families.split(",") if f.strip())
+        return named or (self.backbone,)
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,8 @@ class FederationConfig:
     eval_every: int = 1                # evaluate every k rounds (the last round always)
     round_timeout: float = 600.0       # seconds to wait for replies per round; late replies are dropped
     placement: str = "shard"           # shard: any node trains any sampled client; partition: client i on the node with partition-id i
+    state_dir: str = ""                # where clients keep state between rounds; must be reachable by every node that
+                                       # may handle a client ("" = the system temp dir: one machine; see docs/protocol.md)
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -214,7 +228,13 @@ class MetaMoEConfig:
 # Keys added after results were recorded, with the value at which they change nothing
 # (the behaviour before they existed): at that value they stay out of `identity_hash`.
 # Only ever add to this table; a key whose default changes behaviour does not belong here.
-ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": ""}
+ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": ""}
+# Config sections of methods added after results were recorded: section -> the strategies that
+# read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
+# (and its section) never changes the hash, and the resumability, of existing runs and sweeps.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {}
+# Keys that never change results (where files go): never part of `identity_hash`.
+NOT_IDENTITY = ("out", "federation.state_dir")
 
 
 @dataclass(frozen=True)
@@ -241,12 +261,14 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
-    def identity_hash(self, exclude: tuple[str, ...] = ("out",)) -> str:
+    def identity_hash(self, exclude: tuple[str, ...] = NOT_IDENTITY) -> str:
         """Hash of everything that changes results (the output path does not). Keys added
         after runs were recorded leave the hash while they hold their no-op value
         (`ADDED_KEYS_OFF`), so earlier run and sweep directories stay resumable."""
+        foreign = {sec for sec, users in METHOD_SECTIONS.items() if self.strategy not in users}
         flat = {k: v for k, v in self.to_flat().items()
-                if k not in exclude and not (k in ADDED_KEYS_OFF and v == ADDED_KEYS_OFF[k])}
+                if k not in exclude and not (k in ADDED_KEYS_OFF and v == ADDED_KEYS_OFF[k])
+                and k.split(".", 1)[0] not in foreign}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
     def data_key(self) -> str:

@@ -24,12 +24,12 @@ from torch import nn
 from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import MetaMoEConfig
 from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.parts import ArraySpec, PartSpec
 from fedmoe_sim.training import derive_seed
 from fedmoe_sim.workspace import State, Workspace
 
-ROUTING_PREFIX = "routing/"   # extras key per MoE layer: "routing/0", "routing/1", ...
-PROXIES = "proxies"           # extras key: int64 indices into the public pool
-ROUTING = "routing"           # what the upload task asks for (wire.Task.wants): PROXIES and/or ROUTING
+PROXIES = "proxies"           # upload part (and its one key): int64 indices into the public pool
+ROUTING = "routing"           # upload part: one routing vector per MoE layer
 
 
 # ------------------------------------------------------------ client side ----
@@ -54,48 +54,40 @@ def routing_vectors(ws: Workspace, inputs) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.float32) for v in mean_routing_vectors(ws.model, inputs, batch_size=256)]
 
 
-def pack_extras(routing: list[np.ndarray] | None, proxies: np.ndarray | None) -> State:
-    extras: State = {} if proxies is None else {PROXIES: np.asarray(proxies, dtype=np.int64)}
-    for i, v in enumerate(routing or []):
-        extras[f"{ROUTING_PREFIX}{i}"] = np.asarray(v, dtype=np.float32)
-    return extras
+def routing_part(routing: list[np.ndarray]) -> State:
+    """The routing vectors as one part: key = MoE layer index ("0", "1", ...)."""
+    return {str(i): np.asarray(v, dtype=np.float32) for i, v in enumerate(routing)}
 
 
-def unpack_extras(extras: State | None) -> tuple[list[np.ndarray], np.ndarray]:
+def proxies_part(proxies: np.ndarray) -> State:
+    return {PROXIES: np.asarray(proxies, dtype=np.int64)}
+
+
+def upload_specs(routing_dims: list[int], parts: tuple[str, ...]) -> dict[str, PartSpec]:
+    """The spec of the upload's non-expert parts the server asks for: one float32 routing
+    vector `[D_l]` per MoE layer, and a 1-D int64 list of proxy indices."""
+    specs = {}
+    if ROUTING in parts:
+        specs[ROUTING] = PartSpec({str(i): ArraySpec((d,), "float32") for i, d in enumerate(routing_dims)})
+    if PROXIES in parts:
+        specs[PROXIES] = PartSpec({PROXIES: ArraySpec((None,), "int64")})
+    return specs
+
+
+def unpack_upload(parts: dict[str, State]) -> tuple[list[np.ndarray], np.ndarray]:
     """(routing vectors in layer order, proxy ids); empty for the parts an upload left out."""
-    extras = extras or {}
-    layers = sorted((int(k[len(ROUTING_PREFIX):]), v) for k, v in extras.items() if k.startswith(ROUTING_PREFIX))
-    return [v for _, v in layers], np.asarray(extras.get(PROXIES, np.zeros(0)), dtype=np.int64)
+    routing = parts.get(ROUTING, {})
+    proxies = parts.get(PROXIES, {}).get(PROXIES, np.zeros(0))
+    return [routing[k] for k in sorted(routing, key=int)], np.asarray(proxies, dtype=np.int64)
 
 
-def upload_problem(result, routing_dims: list[int], pool_size: int, need_expert: bool,
-                   wants: tuple[str, ...] = (PROXIES, ROUTING)) -> str | None:
-    """Why a client's upload cannot join the unification, or None. `wire.read_replies`
-    already checked the expert's keys/shapes and that floats are finite; this checks what
-    only MetaMoE knows: exactly the parts the server asked for (`wants`): one routing
-    vector `[D_l]` per MoE layer, 1-D integer proxy indices inside the public pool; and
-    (one-shot mode) that the expert came along."""
-    if need_expert and result.state is None:
-        return "no expert in the upload"
-    extras = result.extras or {}
-    expected = {f"{ROUTING_PREFIX}{i}": (d,) for i, d in enumerate(routing_dims)} if ROUTING in wants else {}
-    allowed = set(expected) | ({PROXIES} if PROXIES in wants else set())
-    unexpected = sorted(set(extras) - allowed)
-    if unexpected:
-        return f"unexpected array {unexpected[0]!r} in the upload"
-    if PROXIES in wants:
-        if PROXIES not in extras:
-            return "no proxy indices in the upload"
-        proxies = extras[PROXIES]
-        if proxies.dtype.kind not in "iu" or proxies.ndim != 1:
-            return f"proxy indices must be a 1-D integer array (got {proxies.dtype} {proxies.shape})"
-        if proxies.size and (int(proxies.min()) < 0 or int(proxies.max()) >= pool_size):
-            return f"proxy index outside the public pool [0, {pool_size})"
-    for key, shape in expected.items():
-        if key not in extras:
-            return f"missing routing vector {key!r}"
-        if extras[key].shape != shape or extras[key].dtype.kind != "f":
-            return f"routing vector {key!r} must be float {shape} (got {extras[key].dtype} {extras[key].shape})"
+def upload_problem(parts: dict[str, State], pool_size: int) -> str | None:
+    """Why a client's upload cannot join the unification, or None. The wire already checked
+    every part against `upload_specs` (names, shapes, dtypes, finite); this checks what only
+    MetaMoE knows: proxy indices inside the public pool."""
+    proxies = parts.get(PROXIES, {}).get(PROXIES)
+    if proxies is not None and proxies.size and (int(proxies.min()) < 0 or int(proxies.max()) >= pool_size):
+        return f"proxy index outside the public pool [0, {pool_size})"
     return None
 
 

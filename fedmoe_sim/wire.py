@@ -1,17 +1,26 @@
-"""The only module that touches Flower records: packing, validation, byte ledger.
+"""The only module that touches Flower records: the message protocol, validation, byte ledger.
 
-Why one module: record keys are a protocol between strategies and clients; keeping
-them here (as constants) means both sides cannot drift apart, and every byte that
-crosses the wire is counted in one place.
+Why one module: record names are a protocol between strategies and clients; keeping
+them here means both sides cannot drift apart, and every byte that crosses the wire
+is booked in one place. The protocol in full (who sends what to whom, when) is in
+docs/protocol.md.
 
-Task protocol (server -> node). One message can carry many *logical* clients
-(`client-ids`): in simulation a node hosts a shard of clients and trains the
-sampled ones one after another, which keeps Flower's per-message overhead off
-the per-client path. Bytes are still accounted per logical client.
+Task (server -> node), one message per node per phase. It speaks for many *logical*
+clients (`client-ids`): in simulation a node hosts a shard of clients and handles
+the asked ones one after another, which keeps Flower's per-message overhead off the
+per-client path. A task carries named parts: the strategy gives some to every client
+of the phase (shared) and some to one client each (per client), plus a small
+per-client plan (scalars, ids). On the wire each distinct payload is one
+`blob/<i>` ArrayRecord, sent once per message however many of its clients use it;
+the `task` ConfigRecord maps, per part name, every client to its blob (`part/<name>`,
+-1 = none) and carries the plan as one list per key (`plan/<key>`), aligned with
+`client-ids`. `expect` names the parts every client's reply must carry.
 
-Reply protocol (node -> server): per logical client `c`, an ArrayRecord
-`expert/<c>` (absent when the method uploads nothing) and a MetricRecord
-`metrics/<c>`. Only trainable expert tensors ever go into a reply.
+Reply (node -> server): per logical client `c`, a MetricRecord `metrics/<c>`, one
+ArrayRecord `up/<c>/<part>` per expected part, or a ConfigRecord `error/<c>` when the
+client could not do its task. The server checks every part against the spec the
+strategy declared and rejects the client (reason logged) on a missing, unknown or
+malformed part; the round goes on with the rest.
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from fedmoe_sim.parts import ArraySpec, Parts, PartSpec, State, check_parts  # noqa: F401  (re-exported)
 from fedmoe_sim.metrics import (  # noqa: F401  (metric names are part of the wire protocol)
     ACC_DOMAIN,
     ACC_OWN,
@@ -36,22 +48,28 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 log = logging.getLogger(__name__)
 
 # record names
-GLOBAL = "global"            # ArrayRecord the server sends (global expert), optional
 TASK = "task"                # ConfigRecord with the keys below
 RUN_CONFIG = "run-config"    # JSON of the resolved RunConfig
 CLIENT_IDS = "client-ids"    # logical clients this message asks the node to handle
 ROUND = "round"
-PHASE = "phase"              # what the client should do (methods with several phases)
-WANTS = "wants"              # comma list: which optional parts the server asks for (e.g. "proxies,routing")
-EXPERT_PREFIX = "expert/"    # reply ArrayRecord per logical client
+PHASE = "phase"              # what the clients should do: "train", "evaluate" or a method's own step
+EXPECT = "expect"            # part names every client's reply must carry
+BLOB_PREFIX = "blob/"        # task ArrayRecord: one distinct payload of this message
+PART_PREFIX = "part/"        # task config key: per client, the blob index of that part (-1: none)
+PLAN_PREFIX = "plan/"        # task config key: per client, one plan value
+UP_PREFIX = "up/"            # reply ArrayRecord per logical client and part: up/<cid>/<part>
 METRICS_PREFIX = "metrics/"  # reply MetricRecord per logical client
-EXTRAS_PREFIX = "extras/"    # reply ArrayRecord per logical client: method extras (routing vectors, proxy ids)
+ERROR_PREFIX = "error/"      # reply ConfigRecord per logical client that failed its task
+ERROR_KIND, ERROR_REASON = "kind", "reason"
+MISSING_STATE = "missing-state"   # error kind: the client's persistent state is not where it should be
+TRAIN, EVALUATE = "train", "evaluate"   # phases every method has; EVALUATE goes out as a Flower evaluate message
+STATE_ROUND = "state-round"  # plan key of stateful methods: the round of the client's last accepted training (0 = none)
 NODE_INFO = "node-info"      # query reply: the node's partition-id / num-partitions
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
-State = dict[str, np.ndarray]
+PlanValue = int | float | str | bool
 
 
 def state_nbytes(state: State) -> int:
@@ -82,80 +100,133 @@ def from_record(record: ArrayRecord) -> State:
 
 
 # ---------------------------------------------------------------- tasks ----
-@dataclass(frozen=True)
-class Task:
-    run_config: str
-    client_ids: tuple[int, ...]
-    server_round: int
-    global_state: State | None
-    phase: str = "train"
-    wants: tuple[str, ...] = ()     # optional parts of the reply the server asks for (upload phases)
+@dataclass
+class Outbox:
+    """Everything a strategy sends in one phase, independent of nodes and placement.
+
+    `shared[part]` goes to every client; `send(cid, part, state)` to one client; a part
+    sent with `source=s` is client s's own part delivered to that client peer to peer
+    (the simulation relays it; the ledger books it once, as P2P from s). `expect` is
+    the spec of every part each client must send back.
+    """
+
+    phase: str
+    clients: list[int]
+    shared: Parts = field(default_factory=dict)
+    per_client: dict[int, Parts] = field(default_factory=dict)
+    plans: dict[int, dict[str, PlanValue]] = field(default_factory=dict)
+    expect: dict[str, PartSpec] = field(default_factory=dict)
+    sources: dict[tuple[int, str], int] = field(default_factory=dict)   # (receiver, part) -> source client
+
+    def send(self, cid: int, part: str, state: State, source: int | None = None) -> None:
+        self.per_client.setdefault(cid, {})[part] = state
+        if source is not None:
+            self.sources[(cid, part)] = int(source)
+
+    def plan(self, cid: int, **values: PlanValue) -> None:
+        self.plans.setdefault(cid, {}).update(values)
+
+    def parts_of(self, cid: int) -> Parts:
+        return {**self.shared, **self.per_client.get(cid, {})}
 
 
-def make_task(run_config: str, client_ids: list[int], server_round: int, global_state: State | None,
-              phase: str = "train", wants: tuple[str, ...] = ()) -> RecordDict:
+def make_task(run_config: str, server_round: int, outbox: Outbox, client_ids: list[int]) -> RecordDict:
+    """The task for one node: `client_ids` (a subset of the outbox's clients), each distinct
+    payload once."""
     content = RecordDict()
-    content[TASK] = ConfigRecord({RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids],
-                                  ROUND: int(server_round), PHASE: phase, WANTS: ",".join(wants)})
-    if global_state is not None:
-        content[GLOBAL] = to_record(global_state)
+    blobs: dict[int, int] = {}            # id(state) -> blob index
+    refs: dict[str, list[int]] = {}
+    for pos, cid in enumerate(client_ids):
+        for part, state in outbox.parts_of(cid).items():
+            index = blobs.get(id(state))
+            if index is None:
+                index = blobs[id(state)] = len(blobs)
+                content[f"{BLOB_PREFIX}{index}"] = to_record(state)
+            refs.setdefault(part, [-1] * len(client_ids))[pos] = index
+    cfg: dict[str, Any] = {RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids], ROUND: int(server_round),
+                           PHASE: outbox.phase, EXPECT: sorted(outbox.expect)}
+    for part, indices in refs.items():
+        cfg[f"{PART_PREFIX}{part}"] = indices
+    keys = sorted({k for cid in client_ids for k in outbox.plans.get(cid, {})})
+    for key in keys:
+        try:
+            cfg[f"{PLAN_PREFIX}{key}"] = [outbox.plans[cid][key] for cid in client_ids]
+        except KeyError:
+            raise ValueError(f"plan key {key!r} must be set for every client of the phase") from None
+    content[TASK] = ConfigRecord(cfg)
     return content
 
 
-def _task_client_ids(cfg: ConfigRecord) -> tuple[int, ...]:
-    ids = cfg[CLIENT_IDS]
-    return (ids,) if isinstance(ids, int) else tuple(int(i) for i in ids)
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class Task:
+    """A node's view of one task message; parts are decoded on first use, each blob once."""
+
+    def __init__(self, content: RecordDict) -> None:
+        cfg = content.config_records[TASK]
+        self.run_config = str(cfg[RUN_CONFIG])
+        self.client_ids: tuple[int, ...] = tuple(int(c) for c in _as_list(cfg[CLIENT_IDS]))
+        self.server_round = int(cfg[ROUND])
+        self.phase = str(cfg[PHASE])
+        self.expect: tuple[str, ...] = tuple(str(p) for p in _as_list(cfg.get(EXPECT, [])) if p)
+        self._pos = {cid: i for i, cid in enumerate(self.client_ids)}
+        self._refs = {k[len(PART_PREFIX):]: _as_list(v) for k, v in cfg.items() if k.startswith(PART_PREFIX)}
+        self._plans = {k[len(PLAN_PREFIX):]: _as_list(v) for k, v in cfg.items() if k.startswith(PLAN_PREFIX)}
+        self._records = content.array_records
+        self._decoded: dict[int, State] = {}
+
+    def _blob(self, index: int) -> State:
+        if index not in self._decoded:
+            self._decoded[index] = from_record(self._records[f"{BLOB_PREFIX}{index}"])
+        return self._decoded[index]
+
+    def part(self, cid: int, name: str) -> State | None:
+        """Client `cid`'s part `name` (None if the server sent none). Clients of one message
+        that got the same payload share one decoded dict: treat it as read-only."""
+        refs = self._refs.get(name)
+        index = -1 if refs is None else int(refs[self._pos[cid]])
+        return None if index < 0 else self._blob(index)
+
+    def parts(self, cid: int) -> Parts:
+        return {name: state for name in self._refs if (state := self.part(cid, name)) is not None}
+
+    def plan(self, cid: int) -> dict[str, PlanValue]:
+        pos = self._pos[cid]
+        return {k: v[pos] for k, v in self._plans.items()}
 
 
 def read_task(content: RecordDict) -> Task:
-    cfg = content.config_records[TASK]
-    ids = _task_client_ids(cfg)
-    arrays = content.array_records
-    glob = from_record(arrays[GLOBAL]) if GLOBAL in arrays else None
-    wants = tuple(w for w in str(cfg.get(WANTS, "")).split(",") if w)
-    return Task(str(cfg[RUN_CONFIG]), ids, int(cfg[ROUND]), glob, str(cfg.get(PHASE, "train")), wants)
+    return Task(content)
 
 
 # -------------------------------------------------------------- replies ----
 @dataclass
 class ClientResult:
-    """What one logical client returns; `state` is None when nothing is uploaded.
-
-    `extras` carries a method's small non-expert arrays (routing vectors, proxy
-    indices); they are checked for finiteness, not against the expert spec.
-    """
+    """What one logical client returns: metrics and named parts, or an error."""
 
     client_id: int
     metrics: dict[str, float]
-    state: State | None = None
-    extras: State | None = None
+    parts: Parts = field(default_factory=dict)
+    error: str | None = None          # the client could not do its task: why
+    error_kind: str = ""              # MISSING_STATE, or "" for any other failure
+
+    def part(self, name: str) -> State | None:
+        return self.parts.get(name)
 
 
 def make_reply(results: list[ClientResult]) -> RecordDict:
     content = RecordDict()
     for res in results:
+        if res.error is not None:
+            content[f"{ERROR_PREFIX}{res.client_id}"] = ConfigRecord({ERROR_KIND: res.error_kind,
+                                                                      ERROR_REASON: res.error})
+            continue
         content[f"{METRICS_PREFIX}{res.client_id}"] = MetricRecord({k: float(v) for k, v in res.metrics.items()})
-        if res.state is not None:
-            content[f"{EXPERT_PREFIX}{res.client_id}"] = to_record(res.state)
-        if res.extras is not None:
-            content[f"{EXTRAS_PREFIX}{res.client_id}"] = to_record(res.extras)
+        for part, state in res.parts.items():
+            content[f"{UP_PREFIX}{res.client_id}/{part}"] = to_record(state)
     return content
-
-
-def _check_state(state: State, spec: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
-    """Why `state` is not a valid expert update for `spec`, or None if it is."""
-    if set(state) != set(spec):
-        missing, extra = sorted(set(spec) - set(state)), sorted(set(state) - set(spec))
-        return f"keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
-    for k, (shape, dtype) in spec.items():
-        a = state[k]
-        if tuple(a.shape) != tuple(shape):
-            return f"{k} has shape {tuple(a.shape)}, expected {tuple(shape)}"
-        if str(a.dtype) != dtype:
-            return f"{k} has dtype {a.dtype}, expected {dtype}"
-        if not np.isfinite(a).all():
-            return f"{k} has non-finite values"
-    return None
 
 
 @dataclass
@@ -163,21 +234,28 @@ class Unpacked:
     results: list[ClientResult]          # sorted by client id (aggregation order is fixed)
     rejected: dict[int, str] = field(default_factory=dict)  # client id -> reason
     failed_nodes: int = 0                # replies that carried an error instead of content
-    uploaded: dict[int, int] = field(default_factory=dict)  # client id -> tensor bytes received, valid or not
+    uploaded: dict[tuple[int, str], int] = field(default_factory=dict)   # (client, part) -> bytes received
+    lost_state: dict[int, str] = field(default_factory=dict)  # client id -> why its persistent state is missing
+
+    def by_client(self) -> dict[int, ClientResult]:
+        return {r.client_id: r for r in self.results}
 
 
-def read_replies(
-    replies: list[Message],
-    spec: dict[str, tuple[tuple[int, ...], str]] | None,
-    expected: set[int] | None = None,
-) -> Unpacked:
+def _client_id(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], asked: Iterable[int]) -> Unpacked:
     """Collect per-client results from node replies; reject malformed ones.
 
-    A client whose expert has the wrong keys, shape or dtype, or non-finite values,
-    or whose metrics are non-finite, is dropped with a logged reason; the round goes
-    on with the rest. `spec=None` accepts any state (methods with varying shapes).
+    A client is dropped, with a logged reason, when it was not asked, answered twice,
+    reported an error, sent non-finite or non-numeric metrics, or sent a part that is
+    missing, unknown to `expect`, undecodable or not matching its spec. Bytes of every
+    part received are counted either way: a rejected upload still crossed the wire.
     """
+    asked = set(asked)
     out = Unpacked(results=[])
+    seen: set[int] = set()
     for msg in replies:
         if msg.has_error():
             out.failed_nodes += 1
@@ -185,48 +263,72 @@ def read_replies(
             continue
         content = msg.content
         # Flower rebuilds these typed views on every property access: take them once per reply
-        metric_records, array_records = content.metric_records, content.array_records
-        for name, mrec in metric_records.items():
-            if not name.startswith(METRICS_PREFIX):
+        metric_records, array_records, config_records = content.metric_records, content.array_records, content.config_records
+        parts: dict[int, dict[str, ArrayRecord]] = defaultdict(dict)
+        for name, record in array_records.items():
+            cid_text, _, part = name[len(UP_PREFIX):].partition("/") if name.startswith(UP_PREFIX) else ("", "", "")
+            cid = _client_id(cid_text)
+            if cid is None or not part:
+                log.warning("ignored reply record with a malformed name %r", name)
                 continue
-            cid = int(name[len(METRICS_PREFIX):])
-            if expected is not None and cid not in expected:
-                out.rejected[cid] = "client was not asked in this round"
-                continue
-            metrics = {k: float(v) for k, v in mrec.items()}
-            if not all(math.isfinite(v) for v in metrics.values()):
-                out.rejected[cid] = "non-finite metrics"
-                continue
-            state, reason = _decode(array_records.get(f"{EXPERT_PREFIX}{cid}"), cid, out)
-            if reason is None and state is not None and spec is not None:
-                reason = _check_state(state, spec)
-            extras = None
+            parts[cid][part] = record
+        errors = {cid: rec for name, rec in config_records.items()
+                  if name.startswith(ERROR_PREFIX) and (cid := _client_id(name[len(ERROR_PREFIX):])) is not None}
+        metrics_of = {cid: rec for name, rec in metric_records.items()
+                      if name.startswith(METRICS_PREFIX) and (cid := _client_id(name[len(METRICS_PREFIX):])) is not None}
+        for cid in sorted(set(parts) | set(errors) | set(metrics_of)):
+            decoded: Parts = {}
+            reason = None
+            for part, record in parts.get(cid, {}).items():
+                state, why = _decode(record)
+                out.uploaded[(cid, part)] = out.uploaded.get((cid, part), 0) + (
+                    state_nbytes(state) if state is not None else sum(len(a.data) for a in record.values()))
+                reason = reason or why
+                if state is not None:
+                    decoded[part] = state
+            if cid not in asked:
+                reason = "client was not asked in this phase"
+            elif cid in seen:
+                reason = "client answered twice"
+            elif cid in errors:
+                kind, why = str(errors[cid].get(ERROR_KIND, "")), str(errors[cid].get(ERROR_REASON, ""))
+                reason = f"client error: {why}"
+                if kind == MISSING_STATE:
+                    out.lost_state[cid] = why
+            elif cid not in metrics_of:
+                reason = "no metrics in the reply"
+            seen.add(cid)
+            metrics = None
             if reason is None:
-                extras, reason = _decode(array_records.get(f"{EXTRAS_PREFIX}{cid}"), cid, out)
-                bad = [k for k, a in (extras or {}).items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
-                reason = reason or (f"{bad[0]} has non-finite values" if bad else None)
+                metrics, reason = _metrics(metrics_of[cid])
+            if reason is None:
+                reason = check_parts(decoded, expect)
             if reason is not None:
                 out.rejected[cid] = reason
                 continue
-            out.results.append(ClientResult(cid, metrics, state, extras))
+            out.results.append(ClientResult(cid, metrics, decoded))
     for cid, reason in sorted(out.rejected.items()):
         log.warning("rejected update of client %d: %s", cid, reason)
     out.results.sort(key=lambda r: r.client_id)
     return out
 
 
-def _decode(record: ArrayRecord | None, cid: int, out: Unpacked) -> tuple[State | None, str | None]:
-    """Arrays of one record (None if absent) and why they are unusable; bytes received are
-    counted either way: a corrupt upload still crossed the wire."""
-    if record is None:
-        return None, None
+def _metrics(record: MetricRecord) -> tuple[dict[str, float] | None, str | None]:
+    metrics = {}
+    for k, v in record.items():
+        if isinstance(v, (list, tuple)) or not isinstance(v, (int, float)):
+            return None, f"metric {k!r} is not a number"
+        metrics[k] = float(v)
+        if not math.isfinite(metrics[k]):
+            return None, "non-finite metrics"
+    return metrics, None
+
+
+def _decode(record: ArrayRecord) -> tuple[State | None, str | None]:
     try:
-        state = from_record(record)
+        return from_record(record), None
     except Exception as exc:  # a corrupt array must not stop the round
-        out.uploaded[cid] = out.uploaded.get(cid, 0) + sum(len(a.data) for a in record.values())
         return None, f"undecodable arrays ({exc})"
-    out.uploaded[cid] = out.uploaded.get(cid, 0) + state_nbytes(state)
-    return state, None
 
 
 def read_node_info(msg: Message) -> tuple[int, int]:
@@ -241,27 +343,31 @@ def make_node_info(partition_id: int, num_partitions: int) -> RecordDict:
 
 
 # --------------------------------------------------------------- ledger ----
-UP, DOWN, P2P = "up", "down", "p2p"
+UP, DOWN, P2P, RELAY = "up", "down", "p2p", "relay"
+TRAFFIC = (UP, DOWN, P2P)
 
 
 class ByteLedger:
-    """Tensor bytes per round, direction and logical client.
+    """Tensor bytes per round, direction, logical client and part.
 
-    up: client -> server; down: server -> client; p2p: client -> client (relayed in
-    simulation, counted apart so the server-bound load is honest). A global model
-    sent in one message to a node hosting many logical clients is counted once per
-    logical client: that is what a real deployment with one client per node pays.
+    up: client -> server; down: server -> client; p2p: client -> client, booked once on
+    the receiver with the sender as `peer`; relay: a part uploaded only so the
+    simulation can pass it on as P2P (a deployment sends it directly), kept apart so
+    no byte is booked twice. A payload sent in one message to a node hosting many
+    logical clients is booked once per logical client: what a deployment with one
+    client per node pays.
     """
 
     def __init__(self) -> None:
         self._rows: dict[tuple[int, str], int] = defaultdict(int)
-        self._per_client: dict[tuple[int, str, int], int] = defaultdict(int)
+        self._per_client: dict[tuple[int, str, int, str, int], int] = defaultdict(int)
 
-    def add(self, server_round: int, direction: str, client_id: int, nbytes: int) -> None:
-        if direction not in (UP, DOWN, P2P):
-            raise ValueError(f"ledger direction must be up, down or p2p (got {direction!r})")
+    def add(self, server_round: int, direction: str, client_id: int, nbytes: int, part: str = "",
+            peer: int = -1) -> None:
+        if direction not in (*TRAFFIC, RELAY):
+            raise ValueError(f"ledger direction must be up, down, p2p or relay (got {direction!r})")
         self._rows[(server_round, direction)] += int(nbytes)
-        self._per_client[(server_round, direction, client_id)] += int(nbytes)
+        self._per_client[(server_round, direction, client_id, part, peer)] += int(nbytes)
 
     def round_total(self, server_round: int, direction: str) -> int:
         return self._rows.get((server_round, direction), 0)
@@ -270,13 +376,14 @@ class ByteLedger:
         return sum(v for (_, d), v in self._rows.items() if d == direction)
 
     def client_bytes(self, server_round: int, direction: str, client_id: int) -> int:
-        return self._per_client.get((server_round, direction, client_id), 0)
+        return sum(b for (r, d, c, _, _), b in self._per_client.items()
+                   if (r, d, c) == (server_round, direction, client_id))
 
     def rows(self) -> list[dict[str, int | str]]:
-        """One row per (round, direction, client): the ledger.csv content."""
+        """One row per (round, direction, client, part, peer): the ledger.csv content."""
         return [
-            {"round": r, "direction": d, "client": c, "bytes": b}
-            for (r, d, c), b in sorted(self._per_client.items())
+            {"round": r, "direction": d, "client": c, "bytes": b, "part": p, "peer": s}
+            for (r, d, c, p, s), b in sorted(self._per_client.items())
         ]
 
 
@@ -287,5 +394,6 @@ def clients_in(msg: Message) -> int:
     content = msg.content
     configs = content.config_records
     if TASK in configs:
-        return len(_task_client_ids(configs[TASK]))   # not read_task: no need to decode the global state
-    return sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX))
+        return len(_as_list(configs[TASK][CLIENT_IDS]))   # no need to decode any part
+    return sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX)) + \
+        sum(1 for name in configs if name.startswith(ERROR_PREFIX))

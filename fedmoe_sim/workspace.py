@@ -1,15 +1,16 @@
-"""Per-process client workspace: data, partitions and one reusable model.
+"""Per-process client workspace: data, partitions and one reusable model per model family.
 
 Why: a simulated node handles many logical clients and many messages. Building
 data and a model per call costs more than training a small client, so a worker
 builds them once per (data, model, seed, clients) key and then only copies
-expert tensors into the one model in place. Idle clients hold no live module:
-their persistent state (personalised methods) is a numpy dict in
-`ClientStateStore`, on disk.
+trainable tensors into the one model of the client's family, in place. Idle
+clients hold no live module: their persistent state (personalised methods) is a
+numpy dict in `ClientStateStore`, on disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from fedmoe_sim.config import RunConfig, config_from_json
+from fedmoe_sim.models.expert_model import ExpertModel
 from fedmoe_sim.training import TrainStats, derive_seed, evaluate, train_local
 
 State = dict[str, np.ndarray]
@@ -37,7 +39,11 @@ class EvalStats:
 
 
 class Workspace:
-    """Benchmark, client splits, one model and prepared tensors for one run config."""
+    """Benchmark, client splits, one model per family and prepared tensors for one run config.
+
+    `model` is the first family's model (the server's, and every client's when all run
+    the same model); `model_of(cid)` is the client's own family's model.
+    """
 
     def __init__(self, cfg: RunConfig) -> None:
         from fedmoe_sim.data import client_splits, load_benchmark
@@ -47,8 +53,20 @@ class Workspace:
         self.cfg = cfg
         self.benchmark = load_benchmark(cfg.data, cfg.seed)
         self.splits = client_splits(self.benchmark, cfg.data, cfg.federation.num_clients, cfg.seed)
-        self.model = build_model(self.benchmark, cfg.model, device=pick_device(cfg))
+        self.families = cfg.model.family_list
+        device = pick_device(cfg)
+        self.models: dict[str, ExpertModel] = {
+            family: build_model(self.benchmark, dataclasses.replace(cfg.model, backbone=family), device=device)
+            for family in dict.fromkeys(self.families)}
+        self.model = self.models[self.families[0]]
         self._prepared: dict[tuple, tuple] = {}
+
+    # -- model families ---------------------------------------------------------
+    def family_of(self, cid: int) -> str:
+        return self.families[cid % len(self.families)]
+
+    def model_of(self, cid: int) -> ExpertModel:
+        return self.models[self.family_of(cid)]
 
     # -- data ---------------------------------------------------------------
     @property
@@ -60,31 +78,35 @@ class Workspace:
                 h.update(np.ascontiguousarray(arr).tobytes() if arr.dtype != object else "\x00".join(arr).encode())
         return h.hexdigest()[:16]
 
-    def _prep(self, key: tuple, x: np.ndarray, y: np.ndarray):
-        hit = self._prepared.get(key)
+    def _prep(self, key: tuple, x: np.ndarray, y: np.ndarray, family: str | None = None):
+        """Inputs prepared by `family`'s model (default: the first), cached per family: two
+        families may tokenise or lay out the same pool differently."""
+        family = family or self.families[0]
+        hit = self._prepared.get((family, *key))
         if hit is None:
-            hit = (self.model.prepare(x), torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.model.device))
-            self._prepared[key] = hit
+            model = self.models[family]
+            hit = (model.prepare(x), torch.as_tensor(np.asarray(y), dtype=torch.long, device=model.device))
+            self._prepared[(family, *key)] = hit
         return hit
 
     def train_data(self, cid: int):
         s = self.splits[cid]
-        return self._prep(("train", cid), s.x_train, s.y_train)
+        return self._prep(("train", cid), s.x_train, s.y_train, self.family_of(cid))
 
     def test_data(self, cid: int):
         s = self.splits[cid]
-        return self._prep(("test", cid), s.x_test, s.y_test)
+        return self._prep(("test", cid), s.x_test, s.y_test, self.family_of(cid))
 
-    def domain_test(self, domain: int):
+    def domain_test(self, domain: int, family: str | None = None):
         d = self.benchmark.domains[domain]
-        return self._prep(("domain", domain), d.x_test, d.y_test)
+        return self._prep(("domain", domain), d.x_test, d.y_test, family)
 
     def train_data_with_public(self, cid: int, public_idx: np.ndarray):
         """The client's private train split plus public samples with their own public labels."""
         s, b = self.splits[cid], self.benchmark
         key = ("train+public", cid, hashlib.sha1(np.asarray(public_idx, np.int64).tobytes()).hexdigest())
         return self._prep(key, np.concatenate([s.x_train, b.public_x[public_idx]]),
-                          np.concatenate([s.y_train, b.public_y[public_idx]]))
+                          np.concatenate([s.y_train, b.public_y[public_idx]]), self.family_of(cid))
 
     def public_data(self, public_idx: np.ndarray):
         b = self.benchmark
@@ -92,32 +114,35 @@ class Workspace:
         return self._prep(key, b.public_x[public_idx], b.public_y[public_idx])
 
     # -- expert -------------------------------------------------------------
-    def initial_expert(self) -> State:
-        """The expert every method starts from: a function of the run seed only."""
-        self.load(None)
-        return self.model.expert_state()
+    def initial_expert(self, family: str | None = None) -> State:
+        """The trainable state every method starts from: a function of the run seed (and family) only."""
+        self.load(None, family)
+        return self.models[family or self.families[0]].expert_state()
 
-    def load(self, state: State | None) -> None:
-        """Put `state` (None = the initial expert) into the one model, in place."""
+    def load(self, state: State | None, family: str | None = None) -> ExpertModel:
+        """Put `state` (None = the initial state) into `family`'s one model, in place; return that model."""
+        model = self.models[family or self.families[0]]
         if state is None:
-            self.model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
+            model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
         else:
-            self.model.load_expert_state(state)
+            model.load_expert_state(state)
+        return model
 
     def train_client(self, cid: int, server_round: int, start: State | None, data=None) -> tuple[State, TrainStats, int]:
-        """Train client `cid` from `start` (None = the initial expert) on `data` (default: its
+        """Train client `cid` from `start` (None = the initial state) on `data` (default: its
         private train split); returns (state, stats, examples)."""
-        self.load(start)
+        model = self.load(start, self.family_of(cid))
         x, y = data if data is not None else self.train_data(cid)
-        stats = train_local(self.model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
-        return self.model.expert_state(), stats, int(y.shape[0])
+        stats = train_local(model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
+        return model.expert_state(), stats, int(y.shape[0])
 
     def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
-        self.load(state)
+        family = self.family_of(cid)
+        model = self.load(state, family)
         x, y = self.test_data(cid)
-        loss, acc_own = evaluate(self.model, x, y)
+        loss, acc_own = evaluate(model, x, y)
         domain = self.splits[cid].domain
-        acc_domain = evaluate(self.model, *self.domain_test(domain))[1] if domain >= 0 else float("nan")
+        acc_domain = evaluate(model, *self.domain_test(domain, family))[1] if domain >= 0 else float("nan")
         return EvalStats(int(y.shape[0]), loss, acc_own, acc_domain, domain)
 
 
@@ -154,11 +179,20 @@ def parse_run_config(text: str) -> RunConfig:
     return config_from_json(text)
 
 
-class ClientStateStore:
-    """Persistent per-client state as .npz files, written atomically.
+class MissingStateError(RuntimeError):
+    """A client's stored state is absent or older than the server knows it to be."""
 
-    Personalised methods keep a client's own expert between rounds here instead of
-    in Flower's `context.state` (shipped with every message) or in live modules.
+
+STATE_ROUND_KEY = "__round__"   # stored beside the arrays: the round that produced them
+
+
+class ClientStateStore:
+    """Persistent per-client state as .npz files (no pickle), written atomically and fsynced.
+
+    Personalised methods keep a client's own state between rounds here instead of in
+    Flower's `context.state` (shipped with every message) or in live modules. Each
+    file records the round that wrote it, so a node can tell "never trained" from
+    "trained, but the state is not here" (another machine's disk) and "stale".
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -166,24 +200,46 @@ class ClientStateStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_run(cls, run_id: int, run_config: str) -> "ClientStateStore":
-        """Keyed by Flower run and by our config: one simulation may host a whole sweep."""
+    def for_run(cls, run_id: int, run_config: str, base: str | os.PathLike = "") -> ClientStateStore:
+        """Keyed by Flower run and by our config: one simulation may host a whole sweep.
+        `base`: a directory every node that may handle the client reaches ("" = system temp)."""
         key = hashlib.sha256(run_config.encode()).hexdigest()[:16]
-        return cls(Path(tempfile.gettempdir()) / "fedmoe-sim-state" / f"{run_id}-{key}")
+        root = Path(base) if base else Path(tempfile.gettempdir()) / "fedmoe-sim-state"
+        return cls(root / f"{run_id}-{key}")
 
     def _path(self, cid: int, kind: str) -> Path:
         return self.root / f"{kind}-{cid}.npz"
 
-    def load(self, cid: int, kind: str = "expert") -> State | None:
-        """The client's stored arrays of this kind (its expert by default), or None."""
+    def load(self, cid: int, kind: str = "expert", at_least: int = 0) -> State | None:
+        """The client's stored arrays of this kind (its expert by default).
+
+        `at_least`: the round the server last saw this client train (0 = never, and None
+        if nothing is stored); above 0 the state must exist and be at least that recent,
+        or `MissingStateError`.
+        """
         path = self._path(cid, kind)
         if not path.exists():
+            if at_least > 0:
+                raise MissingStateError(f"no stored {kind} for client {cid} under {self.root} (trained in round {at_least})")
             return None
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+        written = int(state.pop(STATE_ROUND_KEY, np.array(0)))
+        if written < at_least:
+            raise MissingStateError(f"stored {kind} of client {cid} is from round {written}, "
+                                    f"the server saw it train in round {at_least}")
+        return state
 
-    def save(self, cid: int, state: State, kind: str = "expert") -> None:
+    def save(self, cid: int, state: State, kind: str = "expert", server_round: int = 0) -> None:
         path = self._path(cid, kind)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **state)
+        with open(tmp, "wb") as f:
+            np.savez(f, **state, **{STATE_ROUND_KEY: np.array(server_round, np.int64)})
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)   # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)

@@ -1,9 +1,9 @@
-"""Server-side plumbing every strategy shares: cohorts, node placement, messages, bytes.
+"""Server-side plumbing every strategy shares: cohorts, node placement, messages, bytes, state rounds.
 
-No method logic lives here. A strategy asks for "train messages for round r
-carrying this global state" and "the valid client results of these replies";
-this module decides which logical clients go to which node, counts every tensor
-byte per logical client in the ledger, and drops malformed updates.
+No method logic lives here. A strategy hands over an `Outbox` (what each client of
+a phase gets, what it must send back); this module decides which logical clients
+go to which node (one message per node), books every tensor byte per logical
+client, part and direction, and drops malformed replies.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from fedmoe_sim.sampling import client_schedule, shard
 log = logging.getLogger(__name__)
 
 
+
+class StateLostError(RuntimeError):
+    """A client's persistent state is not where its node looked: never a silent restart."""
+
+
 class Federation:
     def __init__(self, cfg: RunConfig, domain_names: tuple[str, ...]) -> None:
         self.cfg = cfg
@@ -33,8 +38,7 @@ class Federation:
         self.eval_schedule = client_schedule(fed.num_clients, fed.rounds + 1, fed.fraction_evaluate, cfg.seed, "evaluate")
         self.nodes: list[int] = []
         self.node_of_client: dict[int, int] = {}
-        self.last_eval: dict[int, dict[str, float]] = {}
-        self.rejected_total = 0
+        self.trained_round: dict[int, int] = {}   # client -> round of its last accepted training
 
     # -- nodes --------------------------------------------------------------
     def connect(self, grid: Grid) -> None:
@@ -76,36 +80,54 @@ class Federation:
             return out
         return dict(zip(self.nodes, shard(client_ids, len(self.nodes)), strict=False))
 
-    # -- messages -----------------------------------------------------------
+    # -- cohorts ------------------------------------------------------------
     def train_cohort(self, server_round: int) -> list[int]:
         return self.train_schedule[server_round - 1]
 
     def eval_cohort(self, server_round: int) -> list[int]:
         return self.eval_schedule[server_round]
 
-    def messages(self, server_round: int, message_type: str, client_ids: list[int], state: wire.State | None,
-                 phase: str = "train") -> list[Message]:
-        return self.grouped_messages(server_round, message_type, [(client_ids, state)], phase)
+    def expect_state(self, outbox: wire.Outbox) -> wire.Outbox:
+        """Tell each client of a stateful method which round its stored state must come from,
+        so a node that cannot find it reports that instead of starting again."""
+        for cid in outbox.clients:
+            outbox.plan(cid, **{wire.STATE_ROUND: self.trained_round.get(cid, 0)})
+        return outbox
 
-    def grouped_messages(self, server_round: int, message_type: str, groups: list[tuple[list[int], wire.State | None]],
-                         phase: str = "train", wants: tuple[str, ...] = ()) -> list[Message]:
-        """One message per (node, group): clients of one group receive the same state (e.g. their domain's expert)."""
+    # -- messages -----------------------------------------------------------
+    def messages(self, server_round: int, outbox: wire.Outbox) -> list[Message]:
+        """One message per node; every part booked once per logical client that receives it
+        (down from the server, or P2P from the client the strategy named as its source)."""
+        message_type = MessageType.EVALUATE if outbox.phase == wire.EVALUATE else MessageType.TRAIN
         out = []
-        for client_ids, state in groups:
-            nbytes = wire.state_nbytes(state) if state is not None else 0
-            for node, cids in self.placement(sorted(client_ids)).items():
-                for cid in cids:
-                    self.ledger.add(server_round, wire.DOWN, cid, nbytes)
-                content = wire.make_task(self.run_config, cids, server_round, state, phase, wants)
-                out.append(Message(content, node, message_type))
+        for node, cids in self.placement(sorted(outbox.clients)).items():
+            for cid in cids:
+                for part, state in outbox.parts_of(cid).items():
+                    source = outbox.sources.get((cid, part))
+                    if source is None:
+                        self.ledger.add(server_round, wire.DOWN, cid, wire.state_nbytes(state), part)
+                    else:
+                        self.ledger.add(server_round, wire.P2P, cid, wire.state_nbytes(state), part, peer=source)
+            content = wire.make_task(self.run_config, server_round, outbox, cids)
+            out.append(Message(content, node, message_type))
         return out
 
-    def collect(self, server_round: int, replies, spec, asked: list[int]) -> wire.Unpacked:
-        """Valid per-client results; upload bytes of accepted and rejected states alike are counted."""
-        got = wire.read_replies(list(replies), spec, expected=set(asked))
-        for cid, nbytes in got.uploaded.items():
-            self.ledger.add(server_round, wire.UP, cid, nbytes)
-        self.rejected_total += len(got.rejected)
+    def collect(self, server_round: int, replies, outbox: wire.Outbox) -> wire.Unpacked:
+        """Valid per-client results; the bytes of accepted and rejected parts alike are booked."""
+        got = wire.read_replies(list(replies), outbox.expect, outbox.clients)
+        for (cid, part), nbytes in got.uploaded.items():
+            spec = outbox.expect.get(part)
+            self.ledger.add(server_round, wire.RELAY if spec is not None and spec.relay else wire.UP, cid, nbytes, part)
+        if got.lost_state:
+            cid, why = sorted(got.lost_state.items())[0]
+            raise StateLostError(
+                f"round {server_round}: client {cid}'s persistent state is missing ({why}); {len(got.lost_state)} "
+                f"client(s) affected. Every node must reach the client's state: keep federation.placement=partition "
+                f"(each client on its own node), or set federation.state_dir (or the node-config state-dir) to a "
+                f"directory all nodes share")
+        if outbox.phase == wire.TRAIN:
+            for r in got.results:
+                self.trained_round[r.client_id] = server_round
         return got
 
     # -- metrics ------------------------------------------------------------
@@ -114,7 +136,6 @@ class Federation:
         out["client-train/rejected"] = float(len(got.rejected))
         return out
 
-    def eval_metrics(self, got: wire.Unpacked) -> dict[str, float]:
-        self.last_eval = {r.client_id: r.metrics for r in got.results}
-        summary = summarise_evaluation(self.last_eval, self.domain_names)
+    def eval_metrics(self, per_client: dict[int, dict[str, float]]) -> dict[str, float]:
+        summary = summarise_evaluation(per_client, self.domain_names)
         return {f"client-eval/{k}": v for k, v in summary.items()}

@@ -1,11 +1,11 @@
-"""The round loop, written once for every single-phase method.
+"""The round loop, written once for every method.
 
 Why not Flower's `Strategy.start()`: it blocks in `send_and_receive` until every
 reply is in, so it cannot show clients done or an ETA while a round runs, and a
 side effect (recording, checkpoints) would mean copying it. This loop calls the
-same four Strategy hooks in the same order, always with a timeout, pulls
-replies as they arrive (progress), and hands every round's metrics to the
-results recorder. Multi-phase methods reuse `exchange` for their phases.
+hooks of `strategies._base.Strategy` in a fixed order (see there), always with a
+timeout, pulls replies as they arrive (progress), and hands every round's metrics
+to the results recorder.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmoe_sim import wire
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.005  # our own pull interval: Flower's default 0.1 s quantises short rounds
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float, progress: Progress | None = None,
-             server_round: int = 0, phase: str = "") -> list[Message]:
+def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress: Progress | None = None,
+              server_round: int = 0, phase: str = "") -> list[Message]:
     """Push, then pull replies until all are in or `timeout` passes; late nodes are dropped."""
     messages = list(messages)
     asked = sum(wire.clients_in(m) for m in messages)
@@ -59,7 +60,7 @@ def warm_up(grid: Grid, timeout: float) -> None:
     """Ask every node once before the first run, so worker start-up (imports, actor
     creation) is not billed to the first run's wall time and rounds."""
     nodes = list(grid.get_node_ids())
-    exchange(grid, [Message(RecordDict(), node, MessageType.QUERY) for node in nodes], timeout)
+    push_pull(grid, [Message(RecordDict(), node, MessageType.QUERY) for node in nodes], timeout)
 
 
 def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
@@ -72,41 +73,35 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
     fed.connect(grid)
     rounds, timeout = cfg.federation.rounds, cfg.federation.round_timeout
     progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress)
-    arrays = strategy.initial_arrays()
-    last: dict[str, float] = {}
+
+    def exchange(outbox: wire.Outbox, server_round: int) -> wire.Unpacked:
+        replies = push_pull(grid, fed.messages(server_round, outbox), timeout, progress, server_round, outbox.phase)
+        return fed.collect(server_round, replies, outbox)
 
     def evaluate(server_round: int) -> dict[str, float]:
-        msgs = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
-        replies = exchange(grid, msgs, timeout, progress, server_round, "eval")
-        return dict(strategy.aggregate_evaluate(server_round, replies) or {})
+        outbox = strategy.configure_evaluate(server_round)
+        return {} if outbox is None else strategy.aggregate_evaluate(server_round, exchange(outbox, server_round))
 
-    def finish(server_round: int, row: dict[str, float]) -> None:
-        """Multi-phase methods (MetaMoE) end with their own steps after the last round."""
-        if hasattr(strategy, "finish"):
-            row.update(strategy.finish(grid, server_round,
-                                       lambda msgs, phase: exchange(grid, msgs, timeout, progress, server_round, phase)))
-
+    last: dict[str, float] = {}
     if rounds == 0:
         last = {"round": 0, **evaluate(0)}
-        finish(0, last)
+        last.update(strategy.finish(0, partial(exchange, server_round=0)))
         _record(recorder, fed, last, t_start)
     for server_round in range(1, rounds + 1):
-        msgs = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = exchange(grid, msgs, timeout, progress, server_round, "train")
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        row: dict[str, float] = {"round": server_round, **dict(train_metrics or {})}
+        step = partial(exchange, server_round=server_round)
+        got = step(strategy.configure_train(server_round))
+        row: dict[str, float] = {"round": server_round, **strategy.aggregate_train(server_round, got)}
+        row.update(strategy.after_train(server_round, step))
         if server_round % cfg.federation.eval_every == 0 or server_round == rounds:
             row.update(evaluate(server_round))
         if server_round == rounds:
-            finish(server_round, row)
+            row.update(strategy.finish(server_round, step))
         _record(recorder, fed, row, t_start)
         last = row
         acc = row.get("acc-mean")
         progress.round_done(server_round, len(fed.train_cohort(server_round)),
                             f"acc {100 * acc:.1f}%" if acc is not None else "")
-    summary = _summary(cfg, last, fed, ws.data_fingerprint, time.monotonic() - t_start)
+    summary = _summary(cfg, last, fed, strategy.per_client, ws.data_fingerprint, time.monotonic() - t_start)
     if recorder is not None:
         recorder.ledger(fed.ledger.rows())   # once: rewriting it every round grows with rounds x clients
         recorder.finish(summary)
@@ -127,14 +122,15 @@ def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float]
         recorder.round(row)
 
 
-def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, fingerprint: str, wall_s: float) -> RunSummary:
+def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, per_client: dict[int, dict[str, float]],
+             fingerprint: str, wall_s: float) -> RunSummary:
     """The run's final record: last round's metrics, per domain, per client, byte totals."""
     where = "server-eval" if "server-eval/acc-mean" in last else "client-eval"   # the final model's evaluation
     per_domain = {name: {"acc": last[f"{where}/acc/{name}"]}
                   for name in fed.domain_names if f"{where}/acc/{name}" in last}
     final = {k: v for k, v in last.items() if k != "wall-s"}
     final["acc-mean"] = last.get(f"{where}/acc-mean", float("nan"))
-    per_client = [{"client": cid, **metrics} for cid, metrics in sorted(fed.last_eval.items())]
+    per_client = [{"client": cid, **metrics} for cid, metrics in sorted(per_client.items())]
     return RunSummary(
         strategy=cfg.strategy, experiment=cfg.experiment, seed=cfg.seed, config_hash=cfg.identity_hash(),
         rounds=cfg.federation.rounds, final=final,

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from experiments.catalogue import build_config
 from experiments.registry import get_method
 from fedmoe_sim.config import ConfigError, RunConfig
+from fedmoe_sim.workspace import get_workspace
 from strategies._loop import run_server, warm_up
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = config_from_run_config(context.run_config)
         method = get_method(cfg.strategy)
-    except ConfigError as exc:
+        method.strategy.check_config(cfg, get_workspace(cfg))
+    except (ConfigError, ValueError) as exc:
         log.error("bad run config: %s", exc)
         raise SystemExit(2) from None
     run_server(grid, cfg, method)

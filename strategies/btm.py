@@ -7,7 +7,7 @@ from strategies.metamoe import MetaMoEStrategy
 
 class BTMStrategy(MetaMoEStrategy):
     forced = {"metamoe.proxy_training": False}
-    wants = ()                 # the experts alone
+    upload_parts = ()                 # the experts alone
 
     def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
         return uni.Combined(uni.ensemble_predict(self.ws.model, [e.state for e in experts]))

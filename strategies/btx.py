@@ -8,4 +8,4 @@ from strategies.metamoe import MetaMoEStrategy
 class BTXStrategy(MetaMoEStrategy):
     forced = {"metamoe.proxy_training": False, "metamoe.context_router": False}
     router_init = "random"
-    wants = (uni.PROXIES,)     # fresh router: routing vectors would go unused
+    upload_parts = (uni.PROXIES,)     # fresh router: routing vectors would go unused

@@ -24,68 +24,79 @@ and the config values that define them (`forced`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
-from flwr.serverapp import Grid
 
 from fedmoe_sim import unification as uni
 from fedmoe_sim import wire
 from fedmoe_sim.aggregation import weighted_average
+from fedmoe_sim.config import RunConfig
+from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
+from strategies._base import Exchange, Metrics, Strategy
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
-Exchange = Callable[[list[Message], str], list[Message]]
 log = logging.getLogger(__name__)
+UPLOAD = "upload"     # the client phase after the last round
 
 
-class MetaMoEStrategy(FedAvgStrategy):
+class MetaMoEStrategy(Strategy):
     forced: dict = {}          # config values that define a variant (ablations, baselines)
     router_init = "routing"    # router rows from routing vectors ("random": BTX)
     needs_experts = True       # zero-shot skips the upload
-    wants: tuple[str, ...] = (uni.PROXIES, uni.ROUTING)   # what else the upload must carry (only what combine uses)
+    upload_parts: tuple[str, ...] = (uni.PROXIES, uni.ROUTING)   # beside the expert: only what combine uses
 
     def __init__(self, fed: Federation, ws: Workspace) -> None:
         super().__init__(fed, ws)
-        self.ws, self.mcfg = ws, fed.cfg.metamoe
+        self.mcfg = fed.cfg.metamoe
         self.per_domain = self.mcfg.expert_per == "domain"
+        self.stateful = not self.per_domain       # one-shot: each expert stays on its client until the upload
+        self._initial = ws.initial_expert()
         self.domain_of = {s.client_id: s.domain for s in ws.splits}
         self.domain_state = {d: self._initial for d in set(self.domain_of.values())}
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig, ws: Workspace) -> None:
+        FedAvgStrategy.check_config(cfg, ws)
+        uni.late_domain_ids(ws.benchmark.domain_names, cfg.metamoe.late_domains)
+
     # -- phase 1: expert training (per client, or FedAvg per domain) ---------
-    def _groups(self, cohort: list[int]) -> list[tuple[list[int], wire.State | None]]:
-        if not self.per_domain:
-            return [(cohort, None)]
-        return [([c for c in cohort if self.domain_of[c] == d], state)
-                for d, state in sorted(self.domain_state.items()) if any(self.domain_of[c] == d for c in cohort)]
+    def _outbox(self, phase: str, clients: list[int]) -> wire.Outbox:
+        """expert_per=domain: each client gets its domain's expert (one copy per node message)."""
+        box = self.outbox(phase, clients)
+        if self.per_domain:
+            for cid in clients:
+                box.send(cid, EXPERT, self.domain_state[self.domain_of[cid]])
+        return box
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(self.fed.train_cohort(server_round)))
+    def configure_train(self, server_round: int) -> wire.Outbox:
+        box = self._outbox(wire.TRAIN, self.fed.train_cohort(server_round))
+        if self.per_domain:
+            box.expect = self.expert_spec()
+        return box
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        got = self.fed.collect(server_round, replies, self.spec, self.fed.train_cohort(server_round))
+    def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
         if self.per_domain:
             for d in self.domain_state:
-                mine = [r for r in got.results if self.domain_of[r.client_id] == d and r.state is not None]
+                mine = [r for r in got.results if self.domain_of[r.client_id] == d]
                 if mine:
-                    self.domain_state[d] = weighted_average([r.state for r in mine],
+                    self.domain_state[d] = weighted_average([r.part(EXPERT) for r in mine],
                                                             [r.metrics[wire.NUM_EXAMPLES] for r in mine])
-        return None, MetricRecord(self.fed.train_metrics(got))
+        return self.fed.train_metrics(got)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.fed.grouped_messages(server_round, MessageType.EVALUATE, self._groups(self.fed.eval_cohort(server_round)))
+    def configure_evaluate(self, server_round: int) -> wire.Outbox:
+        return self._outbox(wire.EVALUATE, self.fed.eval_cohort(server_round))
 
     # -- phases 2-3: upload, unify, evaluate --------------------------------
-    def finish(self, grid: Grid, server_round: int, exchange: Exchange) -> dict[str, float]:
+    def finish(self, server_round: int, exchange: Exchange) -> Metrics:
         experts: list[uni.Expert] = []
         rejected = 0
         if self.needs_experts:
-            everyone = list(range(self.fed.cfg.federation.num_clients))
-            msgs = self.fed.grouped_messages(server_round, MessageType.TRAIN, self._groups(everyone), phase="upload",
-                                             wants=self.wants)
-            got = self.fed.collect(server_round, exchange(msgs, "upload"), self.spec if not self.per_domain else None, everyone)
-            experts = self.experts_from(self.valid_uploads(got))
+            box = self._outbox(UPLOAD, list(range(self.fed.cfg.federation.num_clients)))
+            box.expect = uni.upload_specs(uni.model_routing_dims(self.ws), self.upload_parts)
+            if not self.per_domain:
+                box.expect.update(self.expert_spec())
+            got = self.valid_uploads(exchange(box))
+            experts = self.experts_from(got)
             rejected = len(got.rejected)
             if not experts:
                 raise RuntimeError(f"no valid expert upload to unify ({len(got.rejected)} rejected; see the log)")
@@ -109,32 +120,31 @@ class MetaMoEStrategy(FedAvgStrategy):
         own = [m["acc-own"] for m in per_client.values()]
         metrics["worst-client-acc"] = min(own) if own else float("nan")
         metrics["rejected-uploads"] = float(rejected)
-        self.fed.last_eval = per_client     # the final model's per-client numbers, not the experts'
+        self.per_client = per_client     # the final model's per-client numbers, not the experts'
         return {f"server-eval/{k}": v for k, v in metrics.items()}
 
     def valid_uploads(self, got: wire.Unpacked) -> wire.Unpacked:
         """Drop (and log) uploads the unification cannot use; the rest go on."""
-        dims, pool = uni.model_routing_dims(self.ws), len(self.ws.benchmark.public_y)
+        pool = len(self.ws.benchmark.public_y)
         kept = []
         for r in got.results:
-            reason = uni.upload_problem(r, dims, pool, need_expert=not self.per_domain, wants=self.wants)
+            reason = uni.upload_problem(r.parts, pool)
             if reason is None:
                 kept.append(r)
             else:
                 log.warning("rejected upload of client %d: %s", r.client_id, reason)
                 got.rejected[r.client_id] = reason
-                self.fed.rejected_total += 1
         got.results = kept
         return got
 
     def experts_from(self, got: wire.Unpacked) -> list[uni.Expert]:
         if not self.per_domain:
-            return [uni.Expert(f"client-{r.client_id}", int(r.metrics[wire.DOMAIN]), r.state, *uni.unpack_extras(r.extras),
-                               r.metrics[wire.NUM_EXAMPLES]) for r in got.results]
+            return [uni.Expert(f"client-{r.client_id}", self.domain_of[r.client_id], r.part(EXPERT),
+                               *uni.unpack_upload(r.parts), r.metrics[wire.NUM_EXAMPLES]) for r in got.results]
         parts: dict[int, list] = {}
         for r in got.results:
-            routing, proxies = uni.unpack_extras(r.extras)
-            parts.setdefault(int(r.metrics[wire.DOMAIN]), []).append((r.metrics[wire.NUM_EXAMPLES], routing, proxies))
+            routing, proxies = uni.unpack_upload(r.parts)
+            parts.setdefault(self.domain_of[r.client_id], []).append((r.metrics[wire.NUM_EXAMPLES], routing, proxies))
         names = self.ws.benchmark.domain_names
         return [uni.domain_expert(names[d], d, self.domain_state[d], p) for d, p in sorted(parts.items())]
 

@@ -7,7 +7,7 @@ from strategies.metamoe import MetaMoEStrategy
 
 
 class SeparateExpertsStrategy(MetaMoEStrategy):
-    wants = ()                 # the experts alone (oracle routing needs no routing vectors)
+    upload_parts = ()                 # the experts alone (oracle routing needs no routing vectors)
 
     def combine(self, experts: list[uni.Expert], warm: uni.Combined | None = None) -> uni.Combined:
         return uni.Combined(uni.oracle_predict(self.ws.model, experts, fallback=self._initial), domain_aware=True)

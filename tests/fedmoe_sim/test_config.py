@@ -61,15 +61,51 @@ def test_identity_hash_ignores_output_dir_but_not_values():
 def test_keys_added_later_keep_old_hashes_while_off():
     """A run recorded before metamoe.late_domains existed hashed the config without it:
     at its no-op value the key stays out, and it counts as soon as it does something."""
-    from fedmoe_sim.config import ADDED_KEYS_OFF, flatten
+    from fedmoe_sim.config import ADDED_KEYS_OFF, NOT_IDENTITY, flatten
 
     cfg = resolve_config({})
-    flat = {k: v for k, v in cfg.to_flat().items() if k != "out" and k not in ADDED_KEYS_OFF}
+    flat = {k: v for k, v in cfg.to_flat().items() if k not in NOT_IDENTITY and k not in ADDED_KEYS_OFF}
     before = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.identity_hash() == before
     assert resolve_config({"metamoe.late_domains": "gamma"}).identity_hash() != before
     assert set(ADDED_KEYS_OFF) <= set(flatten(json.loads(cfg.to_json())))
     assert all(ADDED_KEYS_OFF[k] == v for k, v in cfg.to_flat().items() if k in ADDED_KEYS_OFF)   # off by default
+
+
+# identity hashes recorded at 7ca1c1a, before model.families, federation.state_dir and method sections
+RECORDED_HASHES = {
+    ("digits-domains", "fedavg"): "8d25afa967a1a95a",
+    ("digits-domains", "local"): "4e2b3d931fd97a62",
+    ("metamoe-digits", "metamoe"): "9ab5645a41c24c7f",
+}
+
+
+@pytest.mark.parametrize("experiment, strategy", list(RECORDED_HASHES))
+def test_existing_runs_keep_their_recorded_hash(experiment, strategy):
+    """Adding keys and sections must leave the hash of runs and sweeps recorded before alone,
+    or `compare` would no longer resume them."""
+    from experiments.catalogue import build_config
+
+    small = {"federation.rounds": 2, "data.samples_per_client": 20, "model.pretrain_steps": 200,
+             "train.local_epochs": 1, "simulation.num_workers": 2}
+    if experiment == "metamoe-digits":
+        small.update({"metamoe.candidates": 80, "metamoe.proxies": 20, "metamoe.relevance_epochs": 5,
+                      "metamoe.finetune_epochs": 2})
+    else:
+        small["federation.num_clients"] = 4
+    cfg = build_config(experiment, {**small, "strategy": strategy, "federation.state_dir": "/anywhere"})
+    assert cfg.identity_hash() == RECORDED_HASHES[(experiment, strategy)]
+
+
+def test_a_method_section_counts_only_for_its_own_strategies(monkeypatch):
+    """A section registered for some strategies leaves every other strategy's hash alone."""
+    from fedmoe_sim import config
+
+    monkeypatch.setattr(config, "METHOD_SECTIONS", {"metamoe": ("metamoe",)})
+    for strategy, changes in (("fedavg", False), ("metamoe", True)):
+        a = resolve_config({"strategy": strategy})
+        b = resolve_config({"strategy": strategy, "metamoe.proxies": 7})
+        assert (a.identity_hash() != b.identity_hash()) == changes
 
 
 def test_data_key_is_shared_by_strategies_but_not_seeds():

@@ -1,4 +1,4 @@
-"""Unification library: hand-checked merges, the extras wire format, mixed-domain evaluation."""
+"""Unification library: hand-checked merges, the upload parts and their checks, mixed-domain evaluation."""
 
 import numpy as np
 import pytest
@@ -18,13 +18,12 @@ def test_domain_expert_weights_routing_by_examples_and_unions_proxies():
     assert e.weight == 4.0
 
 
-def test_extras_round_trip_keeps_layer_order():
-    routing = [np.full(3, i, np.float32) for i in range(12)]      # 12 layers: "routing/10" sorts after "routing/1"
-    extras = uni.pack_extras(routing, np.array([5, 2]))
-    back, proxies = uni.unpack_extras(extras)
-    assert [int(v[0]) for v in back] == list(range(12))
-    np.testing.assert_array_equal(proxies, [5, 2])
-    assert extras[uni.PROXIES].dtype == np.int64
+def test_upload_parts_round_trip_keeps_layer_order():
+    routing = [np.full(3, float(i), np.float32) for i in range(12)]      # "10" sorts before "2" as text
+    back, proxies = uni.unpack_upload({uni.ROUTING: uni.routing_part(routing),
+                                       uni.PROXIES: uni.proxies_part(np.array([5, 2]))})
+    assert [float(v[0]) for v in back] == [float(i) for i in range(12)]
+    assert proxies.dtype == np.int64 and proxies.tolist() == [5, 2]
 
 
 @pytest.fixture(scope="module")
@@ -64,52 +63,65 @@ def test_baseline_combines_reduce_to_the_single_expert(ws):
 
 
 def _upload(**changes):
-    from fedmoe_sim import wire
+    """A one-shot upload's parts: expert, two routing vectors of width 8, three proxies."""
+    parts = {"expert": {"w": np.zeros(1, np.float32)},
+             uni.ROUTING: uni.routing_part([np.zeros(8, np.float32), np.zeros(8, np.float32)]),
+             uni.PROXIES: uni.proxies_part(np.array([0, 5, 9]))}
+    for part, arrays in changes.pop("set", {}).items():
+        parts[part] = {**parts[part], **arrays}
+    for part, key in changes.pop("drop", ()):
+        parts[part] = {k: v for k, v in parts[part].items() if k != key} if key else None
+    return {k: v for k, v in parts.items() if v is not None}
 
-    extras = uni.pack_extras([np.zeros(8, np.float32), np.zeros(8, np.float32)], np.array([0, 5, 9]))
-    extras.update(changes.pop("extras", {}))
-    for key in changes.pop("drop", ()):
-        del extras[key]
-    return wire.ClientResult(3, {}, changes.get("state", {"w": np.zeros(1, np.float32)}), extras)
+
+def _why(parts, wants=(uni.PROXIES, uni.ROUTING), expert=True):
+    """What the server says of an upload: the wire's spec check, then MetaMoE's own."""
+    from fedmoe_sim.parts import PartSpec, check_parts
+
+    expect = uni.upload_specs([8, 8], wants)
+    if expert:
+        expect["expert"] = PartSpec.of({"w": ((1,), "float32")})
+    return check_parts(parts, expect) or uni.upload_problem(parts, pool_size=10)
 
 
 @pytest.mark.parametrize("bad, why", [
-    (dict(state=None), "no expert"),
-    (dict(drop=[uni.PROXIES]), "no proxy indices"),
-    (dict(extras={uni.PROXIES: np.array([0.0, 1.0])}), "integer"),
-    (dict(extras={uni.PROXIES: np.array([[1, 2]])}), "1-D"),
-    (dict(extras={uni.PROXIES: np.array([0, 10])}), "outside the public pool [0, 10)"),
-    (dict(extras={uni.PROXIES: np.array([-1])}), "outside the public pool"),
-    (dict(drop=["routing/1"]), "missing routing vector 'routing/1'"),
-    (dict(extras={"routing/0": np.zeros(7, np.float32)}), "'routing/0' must be float (8,)"),
-    (dict(extras={"routing/2": np.zeros(8, np.float32)}), "unexpected array 'routing/2'"),
+    (dict(drop=[("expert", None)]), "missing part 'expert'"),
+    (dict(drop=[(uni.PROXIES, None)]), "missing part 'proxies'"),
+    (dict(set={uni.PROXIES: {uni.PROXIES: np.array([0.0, 1.0])}}), "dtype float64, expected int64"),
+    (dict(set={uni.PROXIES: {uni.PROXIES: np.array([[1, 2]])}}), "shape (1, 2), expected (None,)"),
+    (dict(set={uni.PROXIES: {uni.PROXIES: np.array([0, 10])}}), "outside the public pool [0, 10)"),
+    (dict(set={uni.PROXIES: {uni.PROXIES: np.array([-1])}}), "outside the public pool"),
+    (dict(drop=[(uni.ROUTING, "1")]), "part 'routing': keys differ (missing ['1']"),
+    (dict(set={uni.ROUTING: {"0": np.zeros(7, np.float32)}}), "0 has shape (7,), expected (8,)"),
+    (dict(set={uni.ROUTING: {"2": np.zeros(8, np.float32)}}), "unexpected ['2']"),
+    (dict(set={uni.ROUTING: {"0": np.full(8, np.nan, np.float32)}}), "non-finite"),
 ])
 def test_malformed_uploads_are_named_and_good_ones_pass(bad, why):
-    assert uni.upload_problem(_upload(), [8, 8], pool_size=10, need_expert=True) is None
-    assert uni.upload_problem(_upload(state=None), [8, 8], pool_size=10, need_expert=False) is None
-    assert why in uni.upload_problem(_upload(**bad), [8, 8], pool_size=10, need_expert=True)
+    assert _why(_upload()) is None
+    assert _why(_upload(drop=[("expert", None)]), expert=False) is None   # per-domain mode: no expert
+    assert why in _why(_upload(**bad))
 
 
 def test_strategy_drops_bad_uploads_and_unifies_the_rest(ws):
-    """The server's check uses its own model's layer widths and pool size; a bad client is
-    logged and counted, the others stay (as they came, in order)."""
-    from types import SimpleNamespace
-
+    """The server's check uses its own pool size; a bad client is logged and counted, the
+    others stay (as they came, in order)."""
     from fedmoe_sim import wire
     from strategies.metamoe import MetaMoEStrategy
 
     dims = uni.model_routing_dims(ws)
     assert len(dims) == len(uni.routing_vectors(ws, ws.public_data(np.arange(4))[0]))
-    good = [wire.ClientResult(c, {}, {"w": np.zeros(1, np.float32)},
-                              uni.pack_extras([np.zeros(d, np.float32) for d in dims], np.array([c])))
-            for c in range(3)]
-    bad = wire.ClientResult(3, {}, {"w": np.zeros(1, np.float32)},
-                            uni.pack_extras([np.zeros(d, np.float32) for d in dims], np.array([len(ws.benchmark.public_y)])))
+
+    def upload(cid, proxy):
+        return wire.ClientResult(cid, {}, {"expert": {"w": np.zeros(1, np.float32)},
+                                           uni.ROUTING: uni.routing_part([np.zeros(d, np.float32) for d in dims]),
+                                           uni.PROXIES: uni.proxies_part(np.array([proxy]))})
+
     strategy = MetaMoEStrategy.__new__(MetaMoEStrategy)
-    strategy.ws, strategy.per_domain, strategy.fed = ws, False, SimpleNamespace(rejected_total=0)
-    got = strategy.valid_uploads(wire.Unpacked(results=[*good, bad]))
+    strategy.ws = ws
+    got = strategy.valid_uploads(wire.Unpacked(results=[*(upload(c, c) for c in range(3)),
+                                                        upload(3, len(ws.benchmark.public_y))]))
     assert [r.client_id for r in got.results] == [0, 1, 2]
-    assert "outside the public pool" in got.rejected[3] and strategy.fed.rejected_total == 1
+    assert "outside the public pool" in got.rejected[3]
 
 
 def test_late_domains_are_named_domains_and_leave_an_early_one():
@@ -123,17 +135,14 @@ def test_late_domains_are_named_domains_and_leave_an_early_one():
 
 
 def test_an_upload_carries_exactly_what_the_server_asked_for():
-    from fedmoe_sim import wire
-
-    expert = {"w": np.zeros(1, np.float32)}
-    bare = wire.ClientResult(3, {}, expert, None)
-    assert uni.upload_problem(bare, [8, 8], pool_size=10, need_expert=True, wants=()) is None
-    assert "no proxy indices" in uni.upload_problem(bare, [8, 8], 10, True, wants=(uni.PROXIES,))
-    only_proxies = wire.ClientResult(3, {}, expert, uni.pack_extras(None, np.array([1, 2])))
-    assert uni.upload_problem(only_proxies, [8, 8], 10, True, wants=(uni.PROXIES,)) is None
-    assert "unexpected array 'proxies'" in uni.upload_problem(only_proxies, [8, 8], 10, True, wants=())
-    assert "missing routing vector" in uni.upload_problem(only_proxies, [8, 8], 10, True)
-    routing, proxies = uni.unpack_extras(uni.pack_extras(None, None))
+    bare = {"expert": {"w": np.zeros(1, np.float32)}}
+    assert _why(bare, wants=()) is None
+    assert "missing part 'proxies'" in _why(bare, wants=(uni.PROXIES,))
+    only_proxies = {**bare, uni.PROXIES: uni.proxies_part(np.array([1, 2]))}
+    assert _why(only_proxies, wants=(uni.PROXIES,)) is None
+    assert "unexpected part 'proxies'" in _why(only_proxies, wants=())
+    assert "missing part 'routing'" in _why(only_proxies)
+    routing, proxies = uni.unpack_upload({})
     assert routing == [] and proxies.shape == (0,)
 
 

@@ -1,12 +1,15 @@
+"""The message protocol: named parts per client in one message, reply checks, the byte ledger."""
+
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord
 
 from fedmoe_sim import wire
+from fedmoe_sim.parts import ArraySpec, PartSpec
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
-SPEC = {"a": ((2, 2), "float32"), "b": ((3,), "float32")}
+EXPECT = {"expert": PartSpec.of({"a": ((2, 2), "float32"), "b": ((3,), "float32")})}
 
 
 def _state(value=1.0):
@@ -18,72 +21,138 @@ def _reply(results):
     return Message(wire.make_reply(results), 1, MessageType.TRAIN)
 
 
-def test_task_round_trip_keeps_clients_round_and_state():
-    content = wire.make_task('{"x": 1}', [3, 5], 2, _state(2.0))
+def _result(cid, state=None, **metrics):
+    return wire.ClientResult(cid, {"num-examples": 1, **metrics}, {"expert": _state() if state is None else state})
+
+
+def test_task_carries_shared_and_per_client_parts_and_plans():
+    box = wire.Outbox("train", [3, 5, 7])
+    box.shared["global"] = _state(2.0)
+    box.send(5, "mine", _state(5.0))
+    for cid in (3, 5, 7):
+        box.plan(cid, step=cid * 10, name=f"c{cid}")
+    task = wire.read_task(wire.make_task('{"x": 1}', 2, box, [3, 5, 7]))
+    assert task.client_ids == (3, 5, 7) and task.server_round == 2 and task.run_config == '{"x": 1}'
+    assert task.phase == "train" and task.expect == ()
+    assert set(task.parts(5)) == {"global", "mine"} and set(task.parts(3)) == {"global"}
+    assert task.part(7, "mine") is None
+    np.testing.assert_array_equal(task.part(5, "mine")["a"], _state(5.0)["a"])
+    np.testing.assert_array_equal(task.part(3, "global")["b"], _state(2.0)["b"])
+    assert task.plan(5) == {"step": 50, "name": "c5"}
+
+
+def test_a_payload_shared_by_clients_of_a_message_travels_once():
+    """One blob per distinct payload: the per-domain expert of 3 clients is one ArrayRecord."""
+    domain_expert, other = _state(1.0), _state(2.0)
+    box = wire.Outbox("train", [0, 1, 2, 3])
+    for cid in (0, 1, 2):
+        box.send(cid, "expert", domain_expert)
+    box.send(3, "expert", other)
+    content = wire.make_task("{}", 1, box, [0, 1, 2, 3])
+    assert len(content.array_records) == 2
     task = wire.read_task(content)
-    assert task.client_ids == (3, 5) and task.server_round == 2 and task.run_config == '{"x": 1}'
-    np.testing.assert_array_equal(task.global_state["a"], _state(2.0)["a"])
-    assert wire.read_task(wire.make_task("{}", [1], 1, None)).global_state is None
+    assert task.part(0, "expert") is task.part(2, "expert")          # decoded once, shared
+    np.testing.assert_array_equal(task.part(3, "expert")["a"], other["a"])
 
 
-def test_valid_replies_are_sorted_by_client_and_bytes_counted():
-    msg = _reply([wire.ClientResult(4, {"num-examples": 2}, _state()), wire.ClientResult(1, {"num-examples": 3}, _state())])
-    got = wire.read_replies([msg], SPEC, expected={1, 4})
+def test_a_plan_key_must_cover_every_client():
+    box = wire.Outbox("train", [0, 1])
+    box.plan(0, peers=3)
+    with pytest.raises(ValueError, match="plan key 'peers' must be set for every client"):
+        wire.make_task("{}", 1, box, [0, 1])
+
+
+def test_valid_replies_are_sorted_by_client_and_bytes_counted_per_part():
+    got = wire.read_replies([_reply([_result(4), _result(1)])], EXPECT, asked={1, 4})
     assert [r.client_id for r in got.results] == [1, 4]
-    assert got.uploaded == {1: 28, 4: 28}                    # (4 + 3) float32 = 28 bytes
+    assert got.uploaded == {(1, "expert"): 28, (4, "expert"): 28}      # (4 + 3) float32 = 28 bytes
     assert got.rejected == {}
+    np.testing.assert_array_equal(got.results[0].part("expert")["a"], _state()["a"])
 
 
 @pytest.mark.parametrize(
-    "state, reason",
+    "parts, reason",
     [
-        ({"a": np.zeros((2, 2), np.float32)}, "keys differ"),
-        ({"a": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}, "shape"),
-        ({"a": np.zeros((2, 2), np.float64), "b": np.zeros(3, np.float32)}, "dtype"),
-        ({"a": np.full((2, 2), np.nan, np.float32), "b": np.zeros(3, np.float32)}, "non-finite"),
-        ({"a": np.zeros((2, 2), np.float32), "b": np.array([0, np.inf, 0], np.float32)}, "non-finite"),
+        ({}, "missing part 'expert'"),
+        ({"expert": _state(), "gate": {"g": np.zeros(2, np.float32)}}, "unexpected part 'gate'"),
+        ({"expert": {"a": np.zeros((2, 2), np.float32)}}, "keys differ"),
+        ({"expert": {"a": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}}, "shape"),
+        ({"expert": {"a": np.zeros((2, 2), np.float64), "b": np.zeros(3, np.float32)}}, "dtype"),
+        ({"expert": {"a": np.full((2, 2), np.nan, np.float32), "b": np.zeros(3, np.float32)}}, "non-finite"),
+        ({"expert": {"a": np.zeros((2, 2), np.float32), "b": np.array([0, np.inf, 0], np.float32)}}, "non-finite"),
     ],
 )
-def test_malformed_updates_are_rejected_and_the_rest_kept(state, reason, caplog):
-    msg = _reply([wire.ClientResult(0, {"num-examples": 1}, state), wire.ClientResult(1, {"num-examples": 1}, _state())])
-    got = wire.read_replies([msg], SPEC, expected={0, 1})
+def test_missing_unknown_and_malformed_parts_are_rejected_and_the_rest_kept(parts, reason, caplog):
+    bad = wire.ClientResult(0, {"num-examples": 1}, parts)
+    got = wire.read_replies([_reply([bad, _result(1)])], EXPECT, asked={0, 1})
     assert [r.client_id for r in got.results] == [1]
     assert reason in got.rejected[0]
     assert "rejected update of client 0" in caplog.text
 
 
-def test_non_finite_metrics_and_unasked_clients_are_rejected():
-    msg = _reply([wire.ClientResult(0, {"num-examples": float("nan")}, _state()),
-                  wire.ClientResult(9, {"num-examples": 1}, _state())])
-    got = wire.read_replies([msg], SPEC, expected={0})
-    assert got.results == []
-    assert set(got.rejected) == {0, 9}
+def test_bad_metrics_unasked_and_twice_answering_clients_are_rejected():
+    content = wire.make_reply([_result(0, **{"num-examples": float("nan")}), _result(9), _result(2)])
+    content["metrics/3"] = MetricRecord({"num-examples": [1.0, 2.0]})        # list-valued metric
+    content["up/3/expert"] = wire.to_record(_state())
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN), _reply([_result(2)])], EXPECT, asked={0, 2, 3})
+    assert [r.client_id for r in got.results] == [2]
+    assert "non-finite" in got.rejected[0] and "not asked" in got.rejected[9]
+    assert "not a number" in got.rejected[3]
+    assert "answered twice" in got.rejected[2]
+    assert got.uploaded[(9, "expert")] == 28        # bytes of rejected uploads are still counted
+
+
+def test_malformed_record_names_are_ignored_not_raised():
+    content = wire.make_reply([_result(1)])
+    content["up/x/expert"] = wire.to_record(_state())
+    content["up/1"] = wire.to_record(_state())
+    content["metrics/abc"] = MetricRecord({"num-examples": 1.0})
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={1})
+    assert [r.client_id for r in got.results] == [1]
 
 
 def test_undecodable_arrays_are_rejected_not_raised():
     content = wire.make_reply([wire.ClientResult(0, {"num-examples": 1})])
-    content["expert/0"] = ArrayRecord({"a": Array(dtype="float32", shape=(2, 2), stype="numpy.ndarray", data=b"junk")})
-    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], SPEC)
+    content["up/0/expert"] = ArrayRecord({"a": Array(dtype="float32", shape=(2, 2), stype="numpy.ndarray", data=b"junk")})
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0})
     assert got.results == [] and "undecodable" in got.rejected[0]
 
 
-def test_ledger_totals_by_round_direction_and_client():
+def test_a_client_error_is_rejected_and_a_missing_state_reported():
+    errors = [wire.ClientResult(0, {}, error="no stored expert", error_kind=wire.MISSING_STATE),
+              wire.ClientResult(1, {}, error="boom")]
+    got = wire.read_replies([_reply([*errors, _result(2)])], EXPECT, asked={0, 1, 2})
+    assert [r.client_id for r in got.results] == [2]
+    assert got.lost_state == {0: "no stored expert"} and "client error: boom" in got.rejected[1]
+
+
+def test_open_axes_accept_any_length():
+    spec = PartSpec({"ids": ArraySpec((None,), "int64")})
+    assert spec.check({"ids": np.arange(7)}) is None and spec.check({"ids": np.arange(0)}) is None
+    assert "shape" in spec.check({"ids": np.zeros((2, 2), np.int64)})
+
+
+def test_ledger_books_per_round_direction_client_part_and_peer():
     ledger = wire.ByteLedger()
-    ledger.add(1, wire.UP, 0, 10)
-    ledger.add(1, wire.UP, 1, 5)
-    ledger.add(2, wire.DOWN, 0, 7)
-    assert ledger.round_total(1, wire.UP) == 15 and ledger.total(wire.DOWN) == 7
-    assert ledger.client_bytes(1, wire.UP, 1) == 5 and ledger.round_total(2, wire.P2P) == 0
-    assert ledger.rows()[0] == {"round": 1, "direction": "up", "client": 0, "bytes": 10}
+    ledger.add(1, wire.UP, 0, 10, "expert")
+    ledger.add(1, wire.UP, 1, 5, "gate")
+    ledger.add(2, wire.DOWN, 0, 7, "expert")
+    ledger.add(2, wire.P2P, 0, 3, "expert/1", peer=4)
+    assert ledger.round_total(1, wire.UP) == 15 and ledger.total(wire.DOWN) == 7 and ledger.total(wire.P2P) == 3
+    assert ledger.client_bytes(1, wire.UP, 1) == 5 and ledger.round_total(2, wire.UP) == 0
+    assert ledger.rows()[0] == {"round": 1, "direction": "up", "client": 0, "bytes": 10, "part": "expert", "peer": -1}
+    assert ledger.rows()[-1] == {"round": 2, "direction": "p2p", "client": 0, "bytes": 3, "part": "expert/1", "peer": 4}
     with pytest.raises(ValueError, match="direction"):
         ledger.add(1, "sideways", 0, 1)
 
 
 def test_clients_in_counts_logical_clients():
-    assert wire.clients_in(_reply([wire.ClientResult(i, {"num-examples": 1}) for i in range(3)])) == 3
-    for ids in ([4], [1, 5, 9]):        # tasks, with and without a global state
+    errors = [wire.ClientResult(7, {}, error="x")]
+    assert wire.clients_in(_reply([wire.ClientResult(i, {"num-examples": 1}) for i in range(3)] + errors)) == 4
+    for ids in ([4], [1, 5, 9]):        # tasks, with and without parts
         for state in (None, {"w": np.ones(3, np.float32)}):
-            task = Message(wire.make_task("{}", ids, 1, state), dst_node_id=1, message_type=MessageType.TRAIN)
+            box = wire.Outbox("train", ids, shared={"expert": state} if state else {})
+            task = Message(wire.make_task("{}", 1, box, ids), dst_node_id=1, message_type=MessageType.TRAIN)
             assert wire.clients_in(task) == len(ids)
 
 

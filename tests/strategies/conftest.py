@@ -11,10 +11,10 @@ def _simulate(cfgs):
     captured: list = []
     original = _federation.wire.read_replies
 
-    def capture(replies, spec, expected=None):
+    def capture(replies, expect, asked):
         replies = list(replies)
         captured.extend(replies)
-        return original(replies, spec, expected)
+        return original(replies, expect, asked)
 
     _federation.wire.read_replies = capture
     try:

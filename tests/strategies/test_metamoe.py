@@ -39,11 +39,14 @@ def test_only_proxies_experts_and_routing_vectors_leave_a_client(runs):
         for name, record in msg.content.array_records.items():
             arrays = wire.from_record(record)
             assert not set(arrays) & set(backbone)
-            if name.startswith(wire.EXPERT_PREFIX):
+            assert name.startswith(wire.UP_PREFIX)
+            part = name.rsplit("/", 1)[1]
+            if part == "expert":
                 assert set(arrays) == set(spec)
+            elif part == uni.ROUTING:
+                assert set(arrays) == {"0", "1", "2"}
             else:
-                assert name.startswith(wire.EXTRAS_PREFIX)
-                assert set(arrays) == {uni.PROXIES, *(f"{uni.ROUTING_PREFIX}{i}" for i in range(3))}
+                assert part == uni.PROXIES
                 assert arrays[uni.PROXIES].dtype == np.int64 and len(arrays[uni.PROXIES]) == 20
                 uploads += 1
     assert uploads == 4 + 8 + 4      # one upload per client of the MetaMoE runs, nothing from zero-shot

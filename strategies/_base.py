@@ -1,0 +1,74 @@
+"""The strategy interface our round loop drives; every method subclasses `Strategy`.
+
+Why not Flower's `Strategy`: its hooks take and return Messages and one global
+ArrayRecord, while ours are personalised (a part per client, peer-to-peer
+transfers, state that stays on the client). Here a strategy only says what each
+client gets and must send back (`wire.Outbox`) and what to do with the valid
+replies (`wire.Unpacked`); `_federation` turns that into one message per node and
+books the bytes. A round, as the loop runs it:
+
+    configure_train -> (exchange) -> aggregate_train -> after_train(exchange)
+    -> [every eval_every rounds and the last] configure_evaluate -> (exchange)
+    -> aggregate_evaluate -> [last round] finish(exchange)
+
+`after_train` and `finish` receive an `exchange(outbox) -> Unpacked` for extra
+phases inside the round (FedMoE-DA's peer-to-peer sync) and after the last one
+(MetaMoE's upload and unification); both are no-ops here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedmoe_sim import wire
+from fedmoe_sim.config import RunConfig
+from fedmoe_sim.models.expert_model import EXPERT
+from fedmoe_sim.workspace import Workspace
+from strategies._federation import Federation
+
+Exchange = Callable[[wire.Outbox], wire.Unpacked]
+Metrics = dict[str, float]
+
+
+class Strategy:
+    """Defaults: train and evaluate the sampled clients with nothing sent and nothing expected."""
+
+    stateful = False    # clients keep state between rounds: every task tells them which round it is from
+
+    def __init__(self, fed: Federation, ws: Workspace) -> None:
+        self.fed, self.ws = fed, ws
+        self.per_client: dict[int, Metrics] = {}     # the final model's per-client metrics (summary)
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig, ws: Workspace) -> None:
+        """Raise ValueError for a config this method cannot run (called at the edge, before Ray starts)."""
+
+    def expert_spec(self) -> dict[str, wire.PartSpec]:
+        """The single-expert methods' reply: the expert part of the (one) model family."""
+        return {EXPERT: wire.PartSpec.of(self.ws.model.part_spec(EXPERT))}
+
+    def outbox(self, phase: str, clients: list[int]) -> wire.Outbox:
+        box = wire.Outbox(phase, list(clients))
+        return self.fed.expect_state(box) if self.stateful else box
+
+    # -- the round --------------------------------------------------------
+    def configure_train(self, server_round: int) -> wire.Outbox:
+        return self.outbox(wire.TRAIN, self.fed.train_cohort(server_round))
+
+    def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
+        return self.fed.train_metrics(got)
+
+    def after_train(self, server_round: int, exchange: Exchange) -> Metrics:
+        """Extra exchanges after training and before evaluation (no-op)."""
+        return {}
+
+    def configure_evaluate(self, server_round: int) -> wire.Outbox | None:
+        return self.outbox(wire.EVALUATE, self.fed.eval_cohort(server_round))
+
+    def aggregate_evaluate(self, server_round: int, got: wire.Unpacked) -> Metrics:
+        self.per_client = {r.client_id: r.metrics for r in got.results}
+        return self.fed.eval_metrics(self.per_client)
+
+    def finish(self, server_round: int, exchange: Exchange) -> Metrics:
+        """Steps after the last round, e.g. a one-shot upload and a server-side model (no-op)."""
+        return {}
