@@ -13,12 +13,14 @@ from types import ModuleType
 from typing import Any
 
 import clients.fedavg
+import clients.fedmoe_da
 import clients.local
 import clients.metamoe
 from fedmoe_sim.config import ConfigError
 from strategies.btm import BTMStrategy
 from strategies.btx import BTXStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.fedmoe_da import FedMoEDAStrategy
 from strategies.flexolmo import FlexOlmoStrategy
 from strategies.local import LocalStrategy
 from strategies.metamoe import MetaMoEStrategy
@@ -42,11 +44,19 @@ class Method:
 
 
 _M = clients.metamoe
+_CLIENT_MOE = {"model.backbone": "mixer-moe"}
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("fedavg", FedAvgStrategy, clients.fedavg, "FedAvg over the expert (whole trainable model), one global model"),
         Method("local", LocalStrategy, clients.local, "Local-only: each client trains its own expert, nothing is shared"),
+        Method("fedmoe-da", FedMoEDAStrategy, clients.fedmoe_da,
+               "FedMoE-DA: a client MoE per client, experts mixed with their most similar experts (gate proxies), "
+               "peer to peer", _CLIENT_MOE),
+        Method("fedavg-moe", FedAvgStrategy, clients.fedavg, "FedAvg of the whole client MoE (gates and experts)",
+               _CLIENT_MOE),
+        Method("local-moe", LocalStrategy, clients.local, "Local-only with the client MoE (nothing shared)",
+               _CLIENT_MOE),
         Method("metamoe", MetaMoEStrategy, _M, "MetaMoE: DPP proxies, proxy-aligned experts, context router, one-shot unification"),
         Method("metamoe-no-dpp", MetaMoEStrategy, _M, "MetaMoE ablation: top-m proxies by relevance (no DPP)",
                {"metamoe.use_dpp": False}),

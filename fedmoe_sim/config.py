@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
 PLACEMENTS = ("shard", "partition")
-BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp")
+BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", "mixer-moe")
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,8 @@ class ModelConfig:
     lora_rank: int = 8                 # expert LoRA rank (DESIGN digits: 8; paper: 16)
     lora_alpha: float = 16.0           # LoRA scale numerator (scale = alpha / rank)
     max_length: int = 48               # text: tokens per sample
+    moe_experts: int = 4               # mixer-moe: LoRA experts per MoE layer (FedMoE-DA; ours)
+    moe_top_k: int = 2                 # mixer-moe: experts per token (ours)
     families: str = ""                 # comma list of model families (backbone names), client i gets
                                        # families[i mod len] (model-heterogeneous FL); "" = model.backbone for all
 
@@ -91,13 +94,16 @@ class ModelConfig:
         for family in self.family_list:
             if family not in BACKBONES:
                 _fail("model.families", self.families, f"a comma list of {', '.join(BACKBONES)}")
-        for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch"):
+        for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch",
+                     "moe_experts", "moe_top_k"):
             if getattr(self, name) < 1:
                 _fail(f"model.{name}", getattr(self, name), ">= 1")
         if self.pretrain_steps < 0:
             _fail("model.pretrain_steps", self.pretrain_steps, ">= 0")
         if not self.lora_alpha > 0:
             _fail("model.lora_alpha", self.lora_alpha, "> 0")
+        if self.moe_top_k > self.moe_experts:
+            _fail("model.moe_top_k", self.moe_top_k, f"<= model.moe_experts ({self.moe_experts})")
 
     @property
     def family_list(self) -> tuple[str, ...]:
@@ -179,6 +185,35 @@ class SimulationConfig:
 
 
 EXPERT_PER = ("client", "domain")
+GATE_MODES = ("fedavg", "personal")
+MIXES = ("factors", "delta")
+
+
+@dataclass(frozen=True)
+class FedMoEDAConfig:
+    """FedMoE-DA (seed 001). No official code is public: every default here is ours."""
+
+    top_p: int = 5                     # P: neighbours of each expert besides itself (0 = no aggregation)
+    tau: float = 1.0                   # softmax temperature over the proxies' cosine similarity
+    every: int = 5                     # I: recompute the similarity every I rounds, reuse it in between
+    gate: str = "fedavg"               # fedavg: the gate is averaged on the server; personal: stays on the client
+    mix: str = "factors"               # LoRA mixing: factors (A and B apart, as FedAvg of LoRA) or delta (B A, rank-r SVD)
+    same_client: bool = True           # a client's own other experts may be neighbours (free: no transfer)
+    min_similarity: float = 0.0        # only neighbours more similar than this (orthogonal gates never mix)
+
+    def __post_init__(self) -> None:
+        if self.top_p < 0:
+            _fail("fedmoe_da.top_p", self.top_p, ">= 0")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            _fail("fedmoe_da.tau", self.tau, "a finite number > 0")
+        if self.every < 1:
+            _fail("fedmoe_da.every", self.every, ">= 1")
+        if self.gate not in GATE_MODES:
+            _fail("fedmoe_da.gate", self.gate, f"one of {', '.join(GATE_MODES)}")
+        if self.mix not in MIXES:
+            _fail("fedmoe_da.mix", self.mix, f"one of {', '.join(MIXES)}")
+        if math.isnan(self.min_similarity):
+            _fail("fedmoe_da.min_similarity", self.min_similarity, "a number")
 
 
 @dataclass(frozen=True)
@@ -228,11 +263,12 @@ class MetaMoEConfig:
 # Keys added after results were recorded, with the value at which they change nothing
 # (the behaviour before they existed): at that value they stay out of `identity_hash`.
 # Only ever add to this table; a key whose default changes behaviour does not belong here.
-ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": ""}
+ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": "", "model.moe_experts": 4,
+                                  "model.moe_top_k": 2}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
 NOT_IDENTITY = ("out", "federation.state_dir")
 
@@ -249,6 +285,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     metamoe: MetaMoEConfig = field(default_factory=MetaMoEConfig)
+    fedmoe_da: FedMoEDAConfig = field(default_factory=FedMoEDAConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

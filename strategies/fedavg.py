@@ -1,4 +1,7 @@
-"""FedAvg (McMahan et al. 2017) over the expert: the classic baseline.
+"""FedAvg (McMahan et al. 2017) over the whole trainable model: the classic baseline.
+
+With a single-expert model that is the expert; with FedMoE-DA's client MoE
+(model.backbone=mixer-moe) it is every gate and expert: the FedAvg-MoE baseline.
 
 Sent: the global expert, one copy per node message. Uploaded: every sampled
 client's expert (its whole trainable model; the backbone is frozen and shared, so
@@ -12,7 +15,7 @@ from __future__ import annotations
 from fedmoe_sim import wire
 from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
-from fedmoe_sim.models.expert_model import EXPERT
+from fedmoe_sim.models.expert_model import WHOLE
 from fedmoe_sim.workspace import Workspace
 from strategies._base import Metrics, Strategy
 from strategies._federation import Federation
@@ -31,17 +34,17 @@ class FedAvgStrategy(Strategy):
 
     def configure_train(self, server_round: int) -> wire.Outbox:
         box = self.outbox(wire.TRAIN, self.fed.train_cohort(server_round))
-        box.shared[EXPERT] = self.global_expert
-        box.expect = self.expert_spec()
+        box.shared[WHOLE] = self.global_expert
+        box.expect = {WHOLE: wire.PartSpec.of(self.ws.model.part_spec(WHOLE))}
         return box
 
     def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
         if got.results:   # nobody valid: keep the previous global expert
-            self.global_expert = weighted_average([r.part(EXPERT) for r in got.results],
+            self.global_expert = weighted_average([r.part(WHOLE) for r in got.results],
                                                   [r.metrics[wire.NUM_EXAMPLES] for r in got.results])
         return self.fed.train_metrics(got)
 
     def configure_evaluate(self, server_round: int) -> wire.Outbox:
         box = self.outbox(wire.EVALUATE, self.fed.eval_cohort(server_round))
-        box.shared[EXPERT] = self.global_expert
+        box.shared[WHOLE] = self.global_expert
         return box

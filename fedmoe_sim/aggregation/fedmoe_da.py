@@ -48,6 +48,22 @@ ZERO_NORM = 1e-12     # a proxy with a smaller L2 norm has no direction: cosine 
 MIXES = ("factors", "delta")
 
 Fetch = tuple[int, int, int]   # (peer client, layer, expert): one expert's tensors to fetch
+PLAN = "plan"                  # the part a client's plan travels in (`client_plan`)
+PEER_PREFIX = "peer/"          # a fetched expert's part: peer/<client>/<layer>/<expert>
+
+
+def peer_part(fetch: Fetch) -> str:
+    return PEER_PREFIX + "/".join(str(int(x)) for x in fetch)
+
+
+def peer_parts(parts: Mapping[str, Mapping[str, np.ndarray]]) -> dict[Fetch, Mapping[str, np.ndarray]]:
+    """The fetched experts among a client's parts, by (peer, layer, expert)."""
+    out = {}
+    for name, tensors in parts.items():
+        if name.startswith(PEER_PREFIX):
+            peer, layer, m = (int(x) for x in name[len(PEER_PREFIX):].split("/"))
+            out[(peer, layer, m)] = tensors
+    return out
 
 
 def proxy_similarity(proxies: np.ndarray) -> np.ndarray:
@@ -203,7 +219,6 @@ def apply_plan(plan: NeighbourPlan, experts: Sequence[Mapping[str, np.ndarray]],
         raise ValueError(f"mix must be one of {', '.join(MIXES)} (got {mix!r})")
     keys = _check_experts(plan, experts)
     pairs = _lora_pairs(keys) if mix == "delta" else []
-    paired = {name for pair in pairs for name in pair}
     out = [{name: np.array(s[name], copy=True) for name in keys} for s in experts]
     cuts = np.flatnonzero(np.diff(plan.target)) + 1
     for tgt, src, w in zip(np.split(plan.target, cuts), np.split(plan.source, cuts),
@@ -212,15 +227,89 @@ def apply_plan(plan: NeighbourPlan, experts: Sequence[Mapping[str, np.ndarray]],
         if len(src) == 1:                            # itself only (weight 1): stays as it is
             continue
         js, ns = src // plan.num_experts, src % plan.num_experts
-        for name in keys:
-            if name not in paired:
-                acc = sum(a * experts[j][name][n].astype(np.float64) for a, j, n in zip(w, js, ns, strict=True))
-                out[i][name][m] = acc
-        for a_name, b_name in pairs:
-            delta = sum(a * (experts[j][b_name][n].astype(np.float64) @ experts[j][a_name][n].astype(np.float64))
-                        for a, j, n in zip(w, js, ns, strict=True))
-            out[i][a_name][m], out[i][b_name][m] = _refactor(delta, out[i][a_name].shape[1])
+        sources = [{name: experts[j][name][n] for name in keys} for j, n in zip(js, ns, strict=True)]
+        for name, value in mix_expert(w, sources, pairs).items():
+            out[i][name][m] = value
     return out
+
+
+def mix_expert(weights: Sequence[float], sources: Sequence[Mapping[str, np.ndarray]],
+               pairs: Sequence[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
+    """One personalised expert: sum_k a_k sources[k] per tensor (float64), except that each
+    (A, B) in `pairs` (mix="delta") is mixed as sum_k a_k B_k A_k and re-factored to rank r."""
+    paired = {name for pair in pairs for name in pair}
+    out = {name: sum(a * src[name].astype(np.float64) for a, src in zip(weights, sources, strict=True))
+           for name in sources[0] if name not in paired}
+    for a_name, b_name in pairs:
+        delta = sum(a * (src[b_name].astype(np.float64) @ src[a_name].astype(np.float64))
+                    for a, src in zip(weights, sources, strict=True))
+        out[a_name], out[b_name] = _refactor(delta, sources[0][a_name].shape[0])
+    return out
+
+
+# ---------------------------------------------------------------- one client's side of a plan ----
+def client_plan(plans: Sequence[NeighbourPlan], position: int, client_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """What the server sends client `client_ids[position]`: its rows of every layer's plan, with
+    plan positions turned into client ids. Per layer l: `target/l` (its own expert m),
+    `client/l` and `expert/l` (the neighbour), `weight/l`, ordered by target."""
+    ids = np.asarray(client_ids, dtype=np.int64)
+    out = {}
+    for plan in plans:
+        e = plan.num_experts
+        rows = (plan.target // e) == position
+        out[f"target/{plan.layer}"] = (plan.target[rows] % e).astype(np.int64)
+        out[f"client/{plan.layer}"] = ids[plan.source[rows] // e]
+        out[f"expert/{plan.layer}"] = (plan.source[rows] % e).astype(np.int64)
+        out[f"weight/{plan.layer}"] = plan.weight[rows].astype(np.float64)
+    return out
+
+
+def plan_fetches(plan_part: Mapping[str, np.ndarray], own_id: int) -> list[Fetch]:
+    """The (peer client, layer, expert) a client's plan part names, other than its own experts."""
+    layers = sorted(int(k.split("/")[1]) for k in plan_part if k.startswith("target/"))
+    return sorted({(int(c), layer, int(m)) for layer in layers
+                   for c, m in zip(plan_part[f"client/{layer}"], plan_part[f"expert/{layer}"], strict=True)
+                   if int(c) != own_id})
+
+
+def personalise(layers: Sequence[Mapping[str, np.ndarray]], plan_part: Mapping[str, np.ndarray], own_id: int,
+                peers: Mapping[Fetch, Mapping[str, np.ndarray]], mix: str = "factors",
+                ) -> tuple[list[dict[str, np.ndarray]], int]:
+    """A client's personalised experts from its own (`layers[l]`: stacked `[E, ...]` tensors of
+    layer l) and the peers' experts it received (`peers[(client, l, m)]`: one expert's tensors).
+
+    Returns (new layers, experts left as they were because a neighbour's expert did not
+    arrive). Such an expert keeps its old tensors: a missing peer never fails the round,
+    and the weights of the others are not silently renormalised.
+    """
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {', '.join(MIXES)} (got {mix!r})")
+    out = [{name: np.array(t, copy=True) for name, t in layer.items()} for layer in layers]
+    kept = 0
+    for layer, own in enumerate(layers):
+        if f"target/{layer}" not in plan_part:
+            continue
+        keys = sorted(own)
+        pairs = _lora_pairs(keys) if mix == "delta" else []
+        target, client = plan_part[f"target/{layer}"], plan_part[f"client/{layer}"]
+        expert, weight = plan_part[f"expert/{layer}"], plan_part[f"weight/{layer}"]
+        for m in np.unique(target):
+            rows = np.flatnonzero(target == m)
+            if len(rows) == 1:
+                continue
+            sources = []
+            for r in rows:
+                c, n = int(client[r]), int(expert[r])
+                src = {name: own[name][n] for name in keys} if c == own_id else peers.get((c, layer, n))
+                if src is None:
+                    break
+                sources.append(src)
+            if len(sources) < len(rows):
+                kept += 1
+                continue
+            for name, value in mix_expert(weight[rows], sources, pairs).items():
+                out[layer][name][int(m)] = value
+    return out, kept
 
 
 def _refactor(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:

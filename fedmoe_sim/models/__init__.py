@@ -34,23 +34,20 @@ __all__ = [
 def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.device = "cpu") -> ExpertModel:
     """Frozen shared backbone + one trainable expert (reset from seed 0) for `benchmark`.
 
-    "mixer": image benchmarks with 8x8 inputs; the backbone is pretrained on
+    "mixer": image benchmarks with 8x8 inputs ("mixer-moe": the same backbone with a gated
+    MoE of model.moe_experts LoRA experts per FFN, FedMoE-DA's client model); the backbone is pretrained on
     `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks. "vit": image
     benchmarks of any [C, H, W]; a transformers ViT from seed 0, or the ViT/CLIP
     checkpoint in the local directory `cfg.pretrained`.
     """
-    if cfg.backbone == "mixer":
-        if benchmark.kind != "image" or len(benchmark.input_shape) != 3 or benchmark.input_shape[1:] != (8, 8):
-            raise ValueError(f"model.backbone=mixer needs an image benchmark with [C, 8, 8] inputs "
-                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
-        if benchmark.pretrain_x is None or benchmark.pretrain_y is None:
-            raise ValueError(f"model.backbone=mixer needs pretraining data "
-                             f"(benchmark {benchmark.name} has no pretrain_x/y)")
-        from fedmoe_sim.models.pretrain import pretrained_mixer_state
+    if cfg.backbone in ("mixer", "mixer-moe"):
+        state = _pretrained_mixer(benchmark, cfg)
+        if cfg.backbone == "mixer":
+            return MixerExpertModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, device)
+        from fedmoe_sim.models.client_moe import MixerMoEModel
 
-        state = pretrained_mixer_state(benchmark.pretrain_x, benchmark.pretrain_y, cfg.width, cfg.blocks,
-                                       benchmark.num_classes, cfg.pretrain_steps)
-        return MixerExpertModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, device)
+        return MixerMoEModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, cfg.moe_experts,
+                             cfg.moe_top_k, device)
     if cfg.backbone == "minilm":
         if benchmark.kind != "text":
             raise ValueError(f"model.backbone=minilm needs a text benchmark "
@@ -67,4 +64,18 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         if benchmark.kind != "image":
             raise ValueError(f"model.backbone=tiny-mlp needs an image benchmark (got {benchmark.name}: {benchmark.kind})")
         return TinyMLPExpertModel(int(np.prod(benchmark.input_shape)), cfg.width, benchmark.num_classes, device)
-    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp (got {cfg.backbone!r})")
+    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe (got {cfg.backbone!r})")
+
+
+def _pretrained_mixer(benchmark: Benchmark, cfg: ModelConfig) -> dict:
+    """The frozen mixer backbone's weights (pretrained once, cached), after checking the benchmark fits."""
+    if benchmark.kind != "image" or len(benchmark.input_shape) != 3 or benchmark.input_shape[1:] != (8, 8):
+        raise ValueError(f"model.backbone={cfg.backbone} needs an image benchmark with [C, 8, 8] inputs "
+                         f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
+    if benchmark.pretrain_x is None or benchmark.pretrain_y is None:
+        raise ValueError(f"model.backbone={cfg.backbone} needs pretraining data "
+                         f"(benchmark {benchmark.name} has no pretrain_x/y)")
+    from fedmoe_sim.models.pretrain import pretrained_mixer_state
+
+    return pretrained_mixer_state(benchmark.pretrain_x, benchmark.pretrain_y, cfg.width, cfg.blocks,
+                                  benchmark.num_classes, cfg.pretrain_steps)

@@ -237,21 +237,13 @@ class MixerMoEModel(ExpertModel):
 
 def build_client_moe(benchmark: Benchmark, cfg: ModelConfig, num_experts: int = 4, top_k: int = 2,
                      device: str | torch.device = "cpu") -> MixerMoEModel:
-    """FedMoE-DA's client model for `benchmark`: the cached pretrained mixer + gated LoRA experts.
+    """FedMoE-DA's client model for `benchmark`: `build_model` with model.backbone=mixer-moe
+    (the cached pretrained mixer + gated LoRA experts). Only the mixer is supported so far."""
+    import dataclasses
 
-    Mirrors `build_model`'s mixer branch (same checks, same memoised backbone). Only the
-    mixer is supported so far; a MiniLM version would wrap its FFNs with `GatedLoRAFFN`.
-    """
-    if cfg.backbone != "mixer":
+    from fedmoe_sim.models import build_model
+
+    if cfg.backbone not in ("mixer", "mixer-moe"):
         raise ValueError(f"the client MoE supports model.backbone=mixer only (got {cfg.backbone!r})")
-    if benchmark.kind != "image" or len(benchmark.input_shape) != 3 or benchmark.input_shape[1:] != (8, 8):
-        raise ValueError(f"model.backbone=mixer needs an image benchmark with [C, 8, 8] inputs "
-                         f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
-    if benchmark.pretrain_x is None or benchmark.pretrain_y is None:
-        raise ValueError(f"model.backbone=mixer needs pretraining data "
-                         f"(benchmark {benchmark.name} has no pretrain_x/y)")
-    from fedmoe_sim.models.pretrain import pretrained_mixer_state
-
-    state = pretrained_mixer_state(benchmark.pretrain_x, benchmark.pretrain_y, cfg.width, cfg.blocks,
-                                   benchmark.num_classes, cfg.pretrain_steps)
-    return MixerMoEModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, num_experts, top_k, device)
+    moe_cfg = dataclasses.replace(cfg, backbone="mixer-moe", moe_experts=num_experts, moe_top_k=top_k)
+    return build_model(benchmark, moe_cfg, device)

@@ -21,6 +21,7 @@ from torch import nn
 from fedmoe_sim.models.lora import lora_a_init_
 
 EXPERT = "expert"   # the one part of a model that registers a single expert
+WHOLE = "model"     # every model's implicit part: all trainable tensors (what FedAvg averages)
 Inputs = Any  # a Tensor (images) or a dict of Tensors (text: input_ids, attention_mask)
 
 
@@ -112,6 +113,8 @@ class ExpertModel(nn.Module):
         return tuple(self._parts)
 
     def _tensors_of(self, part: str) -> tuple[str, ...]:
+        if part == WHOLE:
+            return tuple(self._expert)
         try:
             return self._parts[part]
         except KeyError:

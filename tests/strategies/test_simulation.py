@@ -46,7 +46,7 @@ def test_no_backbone_tensor_leaves_a_client_and_upload_equals_expert_bytes(sims)
     uploaded = 0
     for msg in sims["replies"]:
         for name, record in msg.content.array_records.items():
-            assert name.startswith(wire.UP_PREFIX) and name.endswith("/expert")
+            assert name.startswith(wire.UP_PREFIX) and name.endswith("/model")
             state = wire.from_record(record)
             assert set(state) == set(spec)
             assert not set(state) & set(backbone)

@@ -211,3 +211,42 @@ def test_plan_due_every_i_rounds_from_round_one():
         plan_due(1, 0)
     with pytest.raises(ValueError, match="server_round"):
         plan_due(0, 5)
+
+
+# ---------------------------------------------------------------- one client's side ----
+@pytest.mark.parametrize("mix", ["factors", "delta"])
+def test_each_client_mixing_its_own_share_equals_the_servers_full_mix(mix):
+    """What travels (a client's plan rows and the peers' experts it names) is enough: every
+    client recomputes exactly its row of the full mixing."""
+    from fedmoe_sim.aggregation.fedmoe_da import client_plan, peer_parts, peer_part, personalise, plan_fetches
+
+    rng = np.random.default_rng(3)
+    n, e = 4, 3
+    proxies = rng.normal(size=(n, e, 6))
+    plan = neighbour_plan(proxies, top_p=4, tau=0.5, min_similarity=-math.inf)
+    experts = _experts(n, e, seed=5)
+    full = apply_plan(plan, experts, mix)
+    ids = [10, 11, 12, 13]                              # plan positions are not client ids
+    for pos, cid in enumerate(ids):
+        part = client_plan([plan], pos, ids)
+        fetched = {peer_part(f): {k: v[f[2]] for k, v in experts[ids.index(f[0])].items()}
+                   for f in plan_fetches(part, cid)}
+        assert all(f[0] != cid for f in plan_fetches(part, cid))
+        mine, kept = personalise([experts[pos]], part, cid, peer_parts(fetched), mix)
+        assert kept == 0
+        for name in full[pos]:
+            np.testing.assert_allclose(mine[0][name], full[pos][name], rtol=1e-6, atol=1e-7)
+
+
+def test_an_expert_whose_peer_did_not_answer_stays_as_it_was():
+    from fedmoe_sim.aggregation.fedmoe_da import client_plan, personalise, plan_fetches
+
+    proxies = np.ones((2, 2, 3))                        # identical gates: everyone mixes with everyone
+    plan = neighbour_plan(proxies, top_p=3, tau=1.0)
+    experts = _experts(2, 2, seed=1)
+    part = client_plan([plan], 0, [0, 1])
+    assert plan_fetches(part, 0) == [(1, 0, 0), (1, 0, 1)]
+    mine, kept = personalise([experts[0]], part, 0, {}, "factors")     # nothing arrived
+    assert kept == 2
+    for name in experts[0]:
+        np.testing.assert_array_equal(mine[0][name], experts[0][name])

@@ -142,9 +142,9 @@ def test_a_plan_round_trips_through_client_states(model):
 
 
 def test_bad_settings_are_refused(digits_benchmark, mixer_cfg):
-    with pytest.raises(ValueError, match="top_k must be in"):
+    with pytest.raises(ValueError, match=r"model.moe_top_k must be <= model.moe_experts \(2\)"):
         build_client_moe(digits_benchmark, mixer_cfg, num_experts=2, top_k=3)
-    with pytest.raises(ValueError, match="num_experts must be in"):
+    with pytest.raises(ValueError, match="model.moe_experts must be >= 1"):
         build_client_moe(digits_benchmark, mixer_cfg, num_experts=0)
     with pytest.raises(ValueError, match="mixer only"):
         build_client_moe(digits_benchmark, ModelConfig(backbone="minilm"))
