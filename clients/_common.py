@@ -40,6 +40,10 @@ def keep_in(store: ClientStateStore, task: wire.Task) -> KeepFn:
     return lambda cid, state: store.save(cid, state, server_round=task.server_round)
 
 
+def _missing(cid: int, exc: MissingStateError) -> wire.ClientResult:
+    return wire.ClientResult(cid, {}, error=str(exc), error_kind=wire.MISSING_STATE)
+
+
 def per_client(task: wire.Task, work: Callable[[int], wire.ClientResult]) -> list[wire.ClientResult]:
     """`work(cid)` for every client of the task; a client whose state is missing reports it
     (the server stops the run with the reason) instead of failing its node's other clients."""
@@ -48,20 +52,29 @@ def per_client(task: wire.Task, work: Callable[[int], wire.ClientResult]) -> lis
         try:
             results.append(work(cid))
         except MissingStateError as exc:
-            results.append(wire.ClientResult(cid, {}, error=str(exc), error_kind=wire.MISSING_STATE))
+            results.append(_missing(cid, exc))
     return results
 
 
 def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None = None,
               data: DataFn | None = None) -> list[wire.ClientResult]:
-    """Train each logical client of the task; `data(cid)` overrides its training pool."""
-    def work(cid: int) -> wire.ClientResult:
-        state, stats, n = ws.train_client(cid, task.server_round, start(cid), data(cid) if data else None)
+    """Train each logical client of the task (together when simulation.vectorise is on);
+    `data(cid)` overrides its training pool."""
+    starts: dict[int, State | None] = {}
+    out: dict[int, wire.ClientResult] = {}
+    for cid in task.client_ids:
+        try:
+            starts[cid] = start(cid)
+        except MissingStateError as exc:
+            out[cid] = _missing(cid, exc)
+    cids = list(starts)
+    trained = ws.train_clients(cids, task.server_round, list(starts.values()), [data(c) for c in cids] if data else None)
+    for cid, (state, stats, n) in zip(cids, trained, strict=True):
         if keep is not None:
             keep(cid, state)
         metrics = {wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: stats.loss, wire.TRAIN_ACC: stats.accuracy}
-        return wire.ClientResult(cid, metrics, ws.model_of(cid).split_parts(state, task.expect))
-    return per_client(task, work)
+        out[cid] = wire.ClientResult(cid, metrics, ws.model_of(cid).split_parts(state, task.expect))
+    return [out[cid] for cid in task.client_ids]
 
 
 def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn) -> list[wire.ClientResult]:

@@ -172,6 +172,8 @@ class SimulationConfig:
     cpus_per_worker: float = 1.0       # Ray CPUs per ClientApp actor
     gpus_per_worker: float = 0.0       # Ray GPUs per actor: a scheduling hint, not a VRAM cap
     torch_threads: int = 1             # torch intra-op threads per worker
+    vectorise: bool = False            # train a message's logical clients together, the client as a batch
+                                       # dimension (same experts to ~1e-6; off: one after another, bit-exact)
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -264,7 +266,7 @@ class MetaMoEConfig:
 # (the behaviour before they existed): at that value they stay out of `identity_hash`.
 # Only ever add to this table; a key whose default changes behaviour does not belong here.
 ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": "", "model.moe_experts": 4,
-                                  "model.moe_top_k": 2}
+                                  "model.moe_top_k": 2, "simulation.vectorise": False}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.

@@ -136,6 +136,35 @@ class Workspace:
         stats = train_local(model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
         return model.expert_state(), stats, int(y.shape[0])
 
+    def train_clients(self, cids: list[int], server_round: int, starts: list[State | None],
+                      datas: list | None = None) -> list[tuple[State, TrainStats, int]]:
+        """`train_client` for each client; with simulation.vectorise, the clients of one model
+        family train together (`fedmoe_sim.vectorised`), one after another otherwise."""
+        datas = datas or [None] * len(cids)
+        if not self.cfg.simulation.vectorise:
+            return [self.train_client(c, server_round, s, d) for c, s, d in zip(cids, starts, datas, strict=True)]
+        from fedmoe_sim.vectorised import can_vectorise, train_many
+
+        out: list = [None] * len(cids)
+        by_family: dict[str, list[int]] = {}
+        for i, cid in enumerate(cids):
+            by_family.setdefault(self.family_of(cid), []).append(i)
+        for family, members in by_family.items():
+            model = self.models[family]
+            if not can_vectorise(model) or len(members) == 1:
+                for i in members:
+                    out[i] = self.train_client(cids[i], server_round, starts[i], datas[i])
+                continue
+            initial = None
+            if any(starts[i] is None for i in members):
+                initial = self.initial_expert(family)
+            pools = [datas[i] if datas[i] is not None else self.train_data(cids[i]) for i in members]
+            trained = train_many(model, [starts[i] if starts[i] is not None else initial for i in members], pools,
+                                 self.cfg.train, [derive_seed(self.cfg.seed, server_round, cids[i]) for i in members])
+            for i, pool, (state, stats) in zip(members, pools, trained, strict=True):
+                out[i] = (state, stats, int(pool[1].shape[0]))
+        return out
+
     def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
         family = self.family_of(cid)
         model = self.load(state, family)

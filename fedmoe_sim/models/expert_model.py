@@ -127,6 +127,20 @@ class ExpertModel(nn.Module):
         """Float32 numpy copies of one part's tensors, sorted by name."""
         return {k: self._expert[k].detach().to("cpu", torch.float32).numpy().copy() for k in self._tensors_of(part)}
 
+    def load_part(self, part: str, state: dict[str, np.ndarray]) -> None:
+        """Copy one part's tensors in place, leaving the other parts as they are; strict on keys and shapes."""
+        names = self._tensors_of(part)
+        if set(state) != set(names):
+            raise ValueError(f"part {part!r} state keys differ (missing {sorted(set(names) - set(state))[:3]}, "
+                             f"unexpected {sorted(set(state) - set(names))[:3]})")
+        for k in names:
+            if tuple(np.shape(state[k])) != tuple(self._expert[k].shape):
+                raise ValueError(f"part {part!r} key {k!r} has shape {tuple(np.shape(state[k]))}, "
+                                 f"expected {tuple(self._expert[k].shape)}")
+        with torch.no_grad():
+            for k in names:
+                self._expert[k].copy_(torch.as_tensor(np.asarray(state[k])))
+
     def split_parts(self, state: dict[str, np.ndarray], parts: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
         """A whole trainable state (as `expert_state` gives) cut into the named parts."""
         return {part: {k: state[k] for k in self._tensors_of(part)} for part in parts}

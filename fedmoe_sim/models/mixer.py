@@ -37,8 +37,18 @@ def random_translate(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     `[B, C, H, W]` -> same shape. The offsets come from `generator` (CPU), so the
     augmentation is reproducible and independent of the global RNG.
     """
+    return translate(x, translation_offsets(x.shape[0], generator))
+
+
+def translation_offsets(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """The draw `random_translate` makes: `[2, B]` in {0, 1, 2} (row, column shift + 1)."""
+    return torch.randint(0, 3, (2, batch), generator=generator)
+
+
+def translate(x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """Shift image b by (offs[0, b] - 1, offs[1, b] - 1) pixels, zero fill. `[B, C, H, W]`."""
     b, _, h, w = x.shape
-    offs = torch.randint(0, 3, (2, b), generator=generator).to(x.device)
+    offs = offs.to(x.device)
     padded = F.pad(x, (1, 1, 1, 1))
     rows = offs[0][:, None] + torch.arange(h, device=x.device)            # [B, H]
     cols = offs[1][:, None] + torch.arange(w, device=x.device)            # [B, W]

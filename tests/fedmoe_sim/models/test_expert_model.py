@@ -108,3 +108,16 @@ def test_a_single_expert_model_has_one_part_holding_every_trainable_tensor(model
     assert model.split_parts(state, []) == {}
     with pytest.raises(ValueError, match="no part 'gate'"):
         model.part_spec("gate")
+
+
+def test_load_part_writes_one_part_only_and_is_strict(model):
+    from fedmoe_sim.models.expert_model import EXPERT
+
+    zero = {k: np.zeros_like(v) for k, v in model.part_state(EXPERT).items()}
+    model.load_part(EXPERT, zero)
+    assert all(not v.any() for v in model.part_state(EXPERT).values())
+    with pytest.raises(ValueError, match="keys differ"):
+        model.load_part(EXPERT, dict(list(zero.items())[:1]))
+    first = next(iter(zero))
+    with pytest.raises(ValueError, match="has shape"):
+        model.load_part(EXPERT, {**zero, first: np.zeros((1, 1), np.float32)})

@@ -1,0 +1,160 @@
+"""Many clients trained at once, the client as a batch dimension (`torch.func.vmap`).
+
+Why: every method here shares a frozen backbone and differs per client only in
+small trainable tensors, so a client's step is launch-bound (a few tiny matmuls).
+Stacking the clients' trainable tensors along a leading axis and running one
+forward and backward per step over all of them does the same arithmetic in a few
+large kernels. No FL framework we know does this for PyTorch clients.
+
+What each client gets is what `training.train_local` gives it alone:
+- the same draws: per client, the same `torch.Generator` seeded by the caller, the
+  same call order (per epoch a permutation, per batch the augmentation offsets), so
+  a client's update does not depend on which clients it is batched with;
+- the same optimiser: SGD with momentum and weight decay as `torch.optim.SGD`,
+  gradient clipped per client over all its tensors as `clip_grad_norm_`, state
+  created per call (nothing carried across rounds);
+- ragged clients: grouped by steps per epoch (equal step counts run together);
+  a partial last batch is padded and its padding weighs 0 in the loss.
+Floating-point reduction orders differ from one-after-another training, so results
+agree to about 1e-6, not bit for bit (tests hold them to 1e-5).
+
+Only models whose output for one sample does not depend on the other samples of
+the batch and that draw no randomness in the forward (no dropout, no batch norm)
+can be vectorised (`can_vectorise`); the others train one after another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedmoe_sim.config import TrainConfig
+from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.models.mixer import translate, translation_offsets
+from fedmoe_sim.training import TrainStats
+
+State = dict[str, np.ndarray]
+_BATCH_COUPLED = (nn.Dropout, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def can_vectorise(model: nn.Module) -> bool:
+    """No layer whose training-mode output couples samples or draws randomness."""
+    return not any(isinstance(m, _BATCH_COUPLED) and not (isinstance(m, nn.Dropout) and m.p == 0)
+                   for m in model.modules())
+
+
+def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
+               seeds: Sequence[int], augment: bool | None = None) -> list[tuple[State, TrainStats]]:
+    """`train_local` for every client i from `starts[i]` on `data[i]` = (inputs, labels) with
+    seed `seeds[i]`; all clients of equal steps per epoch in one vectorised loop."""
+    if not can_vectorise(model):
+        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: train its clients one by one")
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, (_, labels) in enumerate(data):
+        groups[math.ceil(int(labels.shape[0]) / cfg.batch_size)].append(i)
+    out: list[tuple[State, TrainStats] | None] = [None] * len(starts)
+    for members in groups.values():
+        for i, result in zip(members, _train_group(model, [starts[i] for i in members], [data[i] for i in members],
+                                                   cfg, [seeds[i] for i in members], augment), strict=True):
+            out[i] = result
+    return out  # type: ignore[return-value]
+
+
+def _schedule(n: int, cfg: TrainConfig, seed: int, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The (batch indices, translation offsets) of every step, drawn exactly as `train_local` draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            steps.append((idx, translation_offsets(len(idx), gen) if augment else None))
+    return steps
+
+
+def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
+                 seeds: Sequence[int], augment: bool | None) -> list[tuple[State, TrainStats]]:
+    device = model.device
+    names = list(model.expert_spec())
+    path_of = {id(p): path for path, p in model.named_parameters()}
+    trainable = {id(model._expert[k]) for k in names}
+    paths = {k: path_of[id(model._expert[k])] for k in names}
+    fixed = {path: p for path, p in model.named_parameters() if id(p) not in trainable}
+    fixed.update(dict(model.named_buffers()))
+    params = {k: torch.stack([torch.as_tensor(np.asarray(s[k]), dtype=torch.float32) for s in starts]).to(device)
+              for k in names}
+    momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+    inputs = [x for x, _ in data]
+    labels = [y for _, y in data]
+    sizes = [int(y.shape[0]) for y in labels]
+    do_augment = (cfg.augment if augment is None else augment) and all(
+        isinstance(x, torch.Tensor) and x.dim() == 4 for x in inputs)
+    schedules = [_schedule(n, cfg, seed, do_augment) for n, seed in zip(sizes, seeds, strict=True)]
+    steps_per_epoch = len(schedules[0]) // cfg.local_epochs if cfg.local_epochs and schedules[0] else 0
+
+    def loss_of(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        logits = functional_call(model, {**fixed, **{paths[k]: v for k, v in p.items()}}, (x,))
+        loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+        return loss, logits
+
+    step_fn = vmap(grad_and_value(loss_of, has_aux=True))
+    loss_sum = torch.zeros(len(starts), dtype=torch.float64)
+    correct = torch.zeros(len(starts), dtype=torch.long)
+    model.train()
+    for t in range(len(schedules[0])):
+        if steps_per_epoch and t % steps_per_epoch == 0:
+            loss_sum.zero_()
+            correct.zero_()
+        xb, yb, wb, counts = _batch(inputs, labels, [s[t] for s in schedules], cfg.batch_size, device)
+        grads, (loss, logits) = step_fn(params, xb, yb, wb)
+        _sgd_step(params, grads, momentum, cfg)
+        loss_sum += loss.detach().double().cpu() * counts
+        hits = ((logits.detach().argmax(-1) == yb) & (wb > 0)).sum(-1)
+        correct += hits.cpu()
+    model.eval()
+    out = []
+    for i, n in enumerate(sizes):
+        state = {k: params[k][i].detach().to("cpu", torch.float32).numpy().copy() for k in names}
+        out.append((state, TrainStats(loss=float(loss_sum[i]) / max(n, 1), accuracy=int(correct[i]) / max(n, 1),
+                                      steps=len(schedules[i]))))
+    return out
+
+
+def _batch(inputs, labels, steps, batch_size: int, device):
+    """One step's batches of every client, padded to `batch_size`: `[C, B, ...]` plus weights."""
+    xs, ys, ws, counts = [], [], [], []
+    for x, y, (idx, offs) in zip(inputs, labels, steps, strict=True):
+        xb = ExpertModel.index(x, idx)
+        if offs is not None:
+            xb = translate(xb, offs)
+        pad = batch_size - len(idx)
+        xs.append(F.pad(xb, (0, 0) * (xb.dim() - 1) + (0, pad)) if pad else xb)
+        ys.append(F.pad(y[idx.to(y.device)], (0, pad)) if pad else y[idx.to(y.device)])
+        ws.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]))
+        counts.append(len(idx))
+    return (torch.stack(xs), torch.stack(ys), torch.stack(ws).to(device),
+            torch.tensor(counts, dtype=torch.float64))
+
+
+@torch.no_grad()
+def _sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor],
+              cfg: TrainConfig) -> None:
+    """`clip_grad_norm_` per client, then `torch.optim.SGD`'s update, on stacked `[C, ...]` tensors."""
+    if cfg.max_grad_norm > 0:
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads.values()], dim=1)
+        total = torch.linalg.vector_norm(norms, dim=1)
+        coef = torch.clamp(cfg.max_grad_norm / (total + 1e-6), max=1.0)
+        grads = {k: g * coef.view(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
+    for k, p in params.items():
+        d_p = grads[k] if cfg.weight_decay == 0 else grads[k] + cfg.weight_decay * p
+        if cfg.momentum != 0:
+            momentum[k].mul_(cfg.momentum).add_(d_p)
+            d_p = momentum[k]
+        p.add_(d_p, alpha=-cfg.lr)

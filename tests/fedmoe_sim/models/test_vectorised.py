@@ -1,0 +1,77 @@
+"""Vectorised clients (`fedmoe_sim.vectorised`) against one-after-another training, client by client."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fedmoe_sim.config import TrainConfig
+from fedmoe_sim.models import build_model
+from fedmoe_sim.training import train_local
+from fedmoe_sim.vectorised import can_vectorise, train_many
+
+SIZES = [1, 7, 16, 17, 33, 60]          # ragged: one image, partial batches, exact batches
+TRAIN = TrainConfig(local_epochs=3, batch_size=16, lr=0.03, momentum=0.9, weight_decay=1e-3, max_grad_norm=1.0,
+                    augment=True)
+PLAIN = dataclasses.replace(TRAIN, momentum=0.0, weight_decay=0.0, max_grad_norm=0.0, augment=False)
+
+
+def _clients(model, benchmark, seed=0):
+    """Each client: a start state (a distinct expert, B != 0, so every tensor has gradient), its data, a seed."""
+    rng = np.random.default_rng(seed)
+    x_all, y_all = benchmark.domains[0].x_train, benchmark.domains[0].y_train
+    starts, data = [], []
+    for i, n in enumerate(SIZES):
+        model.reset_expert(100 + i)
+        starts.append({k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+                       for k, v in model.expert_state().items()})
+        idx = rng.choice(len(y_all), size=n, replace=False)
+        data.append((model.prepare(x_all[idx]), torch.as_tensor(y_all[idx], dtype=torch.long)))
+    return starts, data, [1000 + i for i in range(len(SIZES))]
+
+
+def _one_by_one(model, starts, data, cfg, seeds):
+    out = []
+    for start, (x, y), seed in zip(starts, data, seeds, strict=True):
+        model.load_expert_state(start)
+        stats = train_local(model, x, y, cfg, seed=seed)
+        out.append((model.expert_state(), stats))
+    return out
+
+
+@pytest.fixture(scope="module", params=["mixer", "tiny-mlp", "mixer-moe"])
+def model(request, digits_benchmark, mixer_cfg):
+    return build_model(digits_benchmark, dataclasses.replace(mixer_cfg, backbone=request.param))
+
+
+@pytest.mark.parametrize("cfg", [TRAIN, PLAIN], ids=["momentum-clip-decay-augment", "plain"])
+def test_vectorised_clients_get_what_each_would_get_alone(model, digits_benchmark, cfg):
+    assert can_vectorise(model)
+    starts, data, seeds = _clients(model, digits_benchmark)
+    alone = _one_by_one(model, starts, data, cfg, seeds)
+    together = train_many(model, starts, data, cfg, seeds)
+    for (s_alone, st_alone), (s_vec, st_vec), start in zip(alone, together, starts, strict=True):
+        assert set(s_vec) == set(s_alone)
+        assert max(float(np.abs(s_vec[k] - s_alone[k]).max()) for k in s_alone) < 1e-5
+        assert max(float(np.abs(s_vec[k] - start[k]).max()) for k in start) > 1e-3     # it did train
+        assert st_vec.steps == st_alone.steps
+        assert st_vec.loss == pytest.approx(st_alone.loss, abs=1e-5)
+        assert abs(st_vec.accuracy - st_alone.accuracy) <= 1 / 60 + 1e-12     # at most one near-tie flips
+
+
+def test_a_clients_update_does_not_depend_on_its_batch_mates(model, digits_benchmark):
+    starts, data, seeds = _clients(model, digits_benchmark)
+    together = train_many(model, starts, data, TRAIN, seeds)
+    others = _clients(model, digits_benchmark, seed=9)      # different companions, client 3 unchanged
+    mates = train_many(model, [starts[3], *others[0][:3]], [data[3], *others[1][:3]], TRAIN, [seeds[3], *others[2][:3]])
+    for k, v in together[3][0].items():
+        np.testing.assert_allclose(mates[0][0][k], v, atol=1e-6)
+
+
+def test_models_that_couple_samples_are_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    assert not can_vectorise(net) and not can_vectorise(torch.nn.Sequential(torch.nn.Dropout(0.1)))
+    assert can_vectorise(torch.nn.Sequential(torch.nn.Dropout(0.0)))
