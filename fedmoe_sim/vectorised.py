@@ -112,7 +112,7 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
         if steps_per_epoch and t % steps_per_epoch == 0:
             loss_sum.zero_()
             correct.zero_()
-        xb, yb, wb, counts = _batch(inputs, labels, [s[t] for s in schedules], cfg.batch_size, device)
+        xb, yb, wb, counts = _batch(inputs, labels, [s[t] for s in schedules], device)
         grads, (loss, logits) = step_fn(params, xb, yb, wb)
         _sgd_step(params, grads, momentum, cfg)
         loss_sum += loss.detach().double().cpu() * counts
@@ -127,9 +127,10 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
     return out
 
 
-def _batch(inputs, labels, steps, batch_size: int, device):
-    """One step's batches of every client, padded to `batch_size`: `[C, B, ...]` plus weights."""
+def _batch(inputs, labels, steps, device):
+    """One step's batches of every client, padded to the step's largest: `[C, B, ...]` plus weights."""
     xs, ys, ws, counts = [], [], [], []
+    batch_size = max(len(idx) for idx, _ in steps)
     for x, y, (idx, offs) in zip(inputs, labels, steps, strict=True):
         xb = ExpertModel.index(x, idx)
         if offs is not None:
