@@ -13,18 +13,24 @@ from types import ModuleType
 from typing import Any
 
 import clients.fedavg
+import clients.fedgh
 import clients.fedmoe_da
+import clients.lg_fedavg
 import clients.local
 import clients.metamoe
-from fedmoe_sim.config import ConfigError
+import clients.pfedmoe
+from fedmoe_sim.config import CNN_FAMILIES, PFEDMOE_FAMILIES, ConfigError
 from strategies.btm import BTMStrategy
 from strategies.btx import BTXStrategy
 from strategies.fedavg import FedAvgStrategy
+from strategies.fedgh import FedGHStrategy
 from strategies.fedmoe_da import FedMoEDAStrategy
 from strategies.flexolmo import FlexOlmoStrategy
+from strategies.lg_fedavg import LGFedAvgStrategy
 from strategies.local import LocalStrategy
 from strategies.metamoe import MetaMoEStrategy
 from strategies.modelsoup import ModelSoupStrategy
+from strategies.pfedmoe import PFedMoEStrategy
 from strategies.separate import SeparateExpertsStrategy
 from strategies.unrestricted import UnrestrictedMoEStrategy
 from strategies.zeroshot import ZeroShotStrategy
@@ -45,6 +51,8 @@ class Method:
 
 _M = clients.metamoe
 _CLIENT_MOE = {"model.backbone": "mixer-moe"}
+_CNN = {"model.families": ",".join(CNN_FAMILIES)}              # client i runs CNN-((i mod 5) + 1)
+_PFEDMOE = {"model.families": ",".join(PFEDMOE_FAMILIES)}      # local expert CNN-((i mod 5) + 1), global CNN-5
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -57,6 +65,17 @@ METHODS: dict[str, Method] = {
                _CLIENT_MOE),
         Method("local-moe", LocalStrategy, clients.local, "Local-only with the client MoE (nothing shared)",
                _CLIENT_MOE),
+        Method("pfedmoe", PFedMoEStrategy, clients.pfedmoe,
+               "pFedMoE: heterogeneous local expert + shared global expert mixed by a per-client gate; "
+               "only the global expert is uploaded and averaged", _PFEDMOE),
+        Method("standalone", LocalStrategy, clients.local,
+               "Standalone: Local-only with the heterogeneous CNN-1..5 (nothing shared)", _CNN),
+        Method("fedavg-cnn", FedAvgStrategy, clients.fedavg, "FedAvg of one homogeneous CNN-5, whole model",
+               {"model.backbone": "cnn-5", "model.families": ""}),
+        Method("lg-fedavg", LGFedAvgStrategy, clients.lg_fedavg,
+               "LG-FedAvg: heterogeneous CNN-1..5 extractors kept, the head averaged", _CNN),
+        Method("fedgh", FedGHStrategy, clients.fedgh,
+               "FedGH: heterogeneous CNN-1..5, a global head trained on the server on uploaded class means", _CNN),
         Method("metamoe", MetaMoEStrategy, _M, "MetaMoE: DPP proxies, proxy-aligned experts, context router, one-shot unification"),
         Method("metamoe-no-dpp", MetaMoEStrategy, _M, "MetaMoE ablation: top-m proxies by relevance (no DPP)",
                {"metamoe.use_dpp": False}),

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
 PLACEMENTS = ("shard", "partition")
-BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", "mixer-moe")
+CNN_FAMILIES = tuple(f"cnn-{k}" for k in range(1, 6))          # HeteroCNNModel CNN-k (FedGH / pFedMoE)
+PFEDMOE_FAMILIES = tuple(f"pfedmoe-{k}" for k in range(1, 6))  # PFedMoEModel, local expert CNN-k
+BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", "mixer-moe", *CNN_FAMILIES, *PFEDMOE_FAMILIES)
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,7 @@ class ModelConfig:
     moe_top_k: int = 2                 # mixer-moe: experts per token (ours)
     families: str = ""                 # comma list of model families (backbone names), client i gets
                                        # families[i mod len] (model-heterogeneous FL); "" = model.backbone for all
+    gate_hidden: int = 64              # pfedmoe-*: gate hidden width m (not published: ours)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -95,7 +98,7 @@ class ModelConfig:
             if family not in BACKBONES:
                 _fail("model.families", self.families, f"a comma list of {', '.join(BACKBONES)}")
         for name in ("width", "blocks", "lora_rank", "max_length", "vit_width", "vit_layers", "vit_patch",
-                     "moe_experts", "moe_top_k"):
+                     "moe_experts", "moe_top_k", "gate_hidden"):
             if getattr(self, name) < 1:
                 _fail(f"model.{name}", getattr(self, name), ">= 1")
         if self.pretrain_steps < 0:
@@ -174,6 +177,8 @@ class SimulationConfig:
     torch_threads: int = 1             # torch intra-op threads per worker
     vectorise: bool = False            # train a message's logical clients together, the client as a batch
                                        # dimension (same experts to ~1e-6; off: one after another, bit-exact)
+    vectorise_mib: int = 1024          # vectorised training: activation budget per worker; clients are chunked
+                                       # so one step's estimated activations stay below it (results do not change)
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -184,11 +189,14 @@ class SimulationConfig:
             _fail("simulation.gpus_per_worker", self.gpus_per_worker, "in [0, 1]")
         if self.torch_threads < 1:
             _fail("simulation.torch_threads", self.torch_threads, ">= 1")
+        if self.vectorise_mib < 1:
+            _fail("simulation.vectorise_mib", self.vectorise_mib, ">= 1 (MiB)")
 
 
 EXPERT_PER = ("client", "domain")
 GATE_MODES = ("fedavg", "personal")
 MIXES = ("factors", "delta")
+PROXY_MODES = ("row", "update")
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,9 @@ class FedMoEDAConfig:
     mix: str = "factors"               # LoRA mixing: factors (A and B apart, as FedAvg of LoRA) or delta (B A, rank-r SVD)
     same_client: bool = True           # a client's own other experts may be neighbours (free: no transfer)
     min_similarity: float = 0.0        # only neighbours more similar than this (orthogonal gates never mix)
+    proxy: str = "row"                 # row: the expert's gate row (the paper's proxy); update: the row minus the
+                                       # row the client started the round from (ours: shared inits make raw rows
+                                       # similar across all clients whatever their data)
 
     def __post_init__(self) -> None:
         if self.top_p < 0:
@@ -216,6 +227,25 @@ class FedMoEDAConfig:
             _fail("fedmoe_da.mix", self.mix, f"one of {', '.join(MIXES)}")
         if math.isnan(self.min_similarity):
             _fail("fedmoe_da.min_similarity", self.min_similarity, "a number")
+        if self.proxy not in PROXY_MODES:
+            _fail("fedmoe_da.proxy", self.proxy, f"one of {', '.join(PROXY_MODES)}")
+
+
+@dataclass(frozen=True)
+class FedGHConfig:
+    """FedGH's server step (Yi et al. 2023): SGD on the clients' class-mean representations.
+    The paper's server hyperparameters are not ones we rely on: every default here is ours."""
+
+    epochs: int = 10                   # passes over the round's uploaded (prototype, class) pairs
+    lr: float = 0.01                   # plain SGD learning rate, no momentum
+    batch: int = 32                    # prototypes per step
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch"):
+            if getattr(self, name) < 1:
+                _fail(f"fedgh.{name}", getattr(self, name), ">= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            _fail("fedgh.lr", self.lr, "a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -266,13 +296,13 @@ class MetaMoEConfig:
 # (the behaviour before they existed): at that value they stay out of `identity_hash`.
 # Only ever add to this table; a key whose default changes behaviour does not belong here.
 ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": "", "model.moe_experts": 4,
-                                  "model.moe_top_k": 2, "simulation.vectorise": False}
+                                  "model.moe_top_k": 2, "simulation.vectorise": False, "model.gate_hidden": 64}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",)}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fedgh": ("fedgh",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
-NOT_IDENTITY = ("out", "federation.state_dir")
+NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib")
 
 
 @dataclass(frozen=True)
@@ -288,6 +318,7 @@ class RunConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     metamoe: MetaMoEConfig = field(default_factory=MetaMoEConfig)
     fedmoe_da: FedMoEDAConfig = field(default_factory=FedMoEDAConfig)
+    fedgh: FedGHConfig = field(default_factory=FedGHConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -51,9 +51,11 @@ def can_vectorise(model: nn.Module) -> bool:
 
 
 def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
-               seeds: Sequence[int], augment: bool | None = None) -> list[tuple[State, TrainStats]]:
+               seeds: Sequence[int], augment: bool | None = None,
+               max_bytes: int = 1 << 30) -> list[tuple[State, TrainStats]]:
     """`train_local` for every client i from `starts[i]` on `data[i]` = (inputs, labels) with
-    seed `seeds[i]`; all clients of equal steps per epoch in one vectorised loop."""
+    seed `seeds[i]`; clients of equal steps per epoch in one vectorised loop, in chunks whose
+    estimated activations per step stay under `max_bytes`."""
     if not can_vectorise(model):
         raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: train its clients one by one")
     groups: dict[int, list[int]] = defaultdict(list)
@@ -61,10 +63,46 @@ def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple
         groups[math.ceil(int(labels.shape[0]) / cfg.batch_size)].append(i)
     out: list[tuple[State, TrainStats] | None] = [None] * len(starts)
     for members in groups.values():
-        for i, result in zip(members, _train_group(model, [starts[i] for i in members], [data[i] for i in members],
-                                                   cfg, [seeds[i] for i in members], augment), strict=True):
-            out[i] = result
+        batch = min(cfg.batch_size, max(int(data[i][1].shape[0]) for i in members))
+        per_client = max(1, activation_bytes(model, data[members[0]][0]) * batch)
+        chunk = max(1, int(max_bytes // per_client))
+        for lo in range(0, len(members), chunk):
+            part = members[lo:lo + chunk]
+            trained = _train_group(model, [starts[i] for i in part], [data[i] for i in part], cfg,
+                                   [seeds[i] for i in part], augment)
+            for i, result in zip(part, trained, strict=True):
+                out[i] = result
     return out  # type: ignore[return-value]
+
+
+BACKWARD_FACTOR = 3   # saved activations + their gradients + the transient of one layer, roughly
+
+
+def activation_bytes(model: nn.Module, inputs) -> int:
+    """Estimated training-step memory of ONE sample: every leaf module's output bytes in a
+    forward of the first sample of `inputs`, times BACKWARD_FACTOR. Cached per model."""
+    cache = model.__dict__.setdefault("_activation_bytes", {})
+    key = tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else None
+    if key in cache:
+        return cache[key]
+    total = 0
+
+    def count(_module, _args, output) -> None:
+        nonlocal total
+        for t in (output if isinstance(output, (tuple, list)) else (output,)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(ExpertModel.index(inputs, torch.zeros(1, dtype=torch.long)))
+    finally:
+        for h in hooks:
+            h.remove()
+    cache[key] = total * BACKWARD_FACTOR
+    return cache[key]
 
 
 def _schedule(n: int, cfg: TrainConfig, seed: int, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

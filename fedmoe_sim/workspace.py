@@ -160,7 +160,8 @@ class Workspace:
                 initial = self.initial_expert(family)
             pools = [datas[i] if datas[i] is not None else self.train_data(cids[i]) for i in members]
             trained = train_many(model, [starts[i] if starts[i] is not None else initial for i in members], pools,
-                                 self.cfg.train, [derive_seed(self.cfg.seed, server_round, cids[i]) for i in members])
+                                 self.cfg.train, [derive_seed(self.cfg.seed, server_round, cids[i]) for i in members],
+                                 max_bytes=self.cfg.simulation.vectorise_mib << 20)
             for i, pool, (state, stats) in zip(members, pools, trained, strict=True):
                 out[i] = (state, stats, int(pool[1].shape[0]))
         return out

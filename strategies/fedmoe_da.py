@@ -44,13 +44,14 @@ class FedMoEDAStrategy(Strategy):
         self.plans: list[da.NeighbourPlan] = []
         self.plan_ids: list[int] = []          # client id of each plan position
         self.experts: dict[int, wire.State] = {}
+        self.last_gate: dict[int, wire.State] = {}   # personal gates: each client's gate as it last sent it
 
     @classmethod
     def check_config(cls, cfg: RunConfig, ws: Workspace) -> None:
         FedAvgStrategy.check_config(cfg, ws)
-        if cfg.model.backbone != "mixer-moe":
-            raise ValueError(f"strategy {cfg.strategy} needs the client MoE: model.backbone=mixer-moe "
-                             f"(got {cfg.model.backbone!r})")
+        if cfg.model.family_list != ("mixer-moe",):
+            raise ValueError(f"strategy {cfg.strategy} needs the client MoE for every client: model.backbone=mixer-moe "
+                             f"and no other model.families (got {', '.join(cfg.model.family_list)})")
 
     def _specs(self, *parts: str, relay: tuple[str, ...] = ()) -> dict[str, wire.PartSpec]:
         return {p: wire.PartSpec.of(self.ws.model.part_spec(p), relay=p in relay) for p in parts}
@@ -70,12 +71,19 @@ class FedMoEDAStrategy(Strategy):
         if not got.results:
             return metrics
         gates = [r.part(GATE) for r in got.results]
+        proxies = gates
+        if self.dcfg.proxy == "update":    # what this round's local data did to each gate row
+            started = {r.client_id: self.gate if self.dcfg.gate == "fedavg" else self.last_gate.get(r.client_id, self.gate)
+                       for r in got.results}
+            proxies = [{k: g[k] - started[r.client_id][k] for k in g} for r, g in zip(got.results, gates, strict=True)]
+        if self.dcfg.gate == "personal":
+            self.last_gate.update({r.client_id: g for r, g in zip(got.results, gates, strict=True)})
         if self.dcfg.gate == "fedavg":
             self.gate = weighted_average(gates, [r.metrics[wire.NUM_EXAMPLES] for r in got.results])
         self.experts = {r.client_id: r.part(EXPERTS) for r in got.results if EXPERTS in r.parts}
         if self.dcfg.top_p > 0 and (not self.plans or da.plan_due(server_round, self.dcfg.every)):
             layers = self.ws.model.num_layers
-            self.plans = da.neighbour_plans([gate_proxies(gates, layer) for layer in range(layers)],
+            self.plans = da.neighbour_plans([gate_proxies(proxies, layer) for layer in range(layers)],
                                             self.dcfg.top_p, self.dcfg.tau, same_client=self.dcfg.same_client,
                                             min_similarity=self.dcfg.min_similarity)
             self.plan_ids = [r.client_id for r in got.results]

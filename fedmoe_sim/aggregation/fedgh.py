@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from fedmoe_sim.models.expert_model import ExpertModel, Inputs
 
 State = dict[str, np.ndarray]
+PROTOTYPES = "prototypes"                              # the part a FedGH client uploads
+MEANS, CLASSES, COUNTS = "means", "classes", "counts"  # its arrays (see class_mean_representations)
 
 
 @torch.no_grad()

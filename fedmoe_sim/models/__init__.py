@@ -38,7 +38,10 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
     MoE of model.moe_experts LoRA experts per FFN, FedMoE-DA's client model); the backbone is pretrained on
     `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks. "vit": image
     benchmarks of any [C, H, W]; a transformers ViT from seed 0, or the ViT/CLIP
-    checkpoint in the local directory `cfg.pretrained`.
+    checkpoint in the local directory `cfg.pretrained`. "cnn-k" (k = 1..5): FedGH's CNN-k
+    trained whole, parts extractor and head; "pfedmoe-k": pFedMoE's two-expert model with
+    local expert CNN-k and global expert CNN-5 (both: image benchmarks of any [C, H, W];
+    the conv padding follows the input size, see `models.cnn`).
     """
     if cfg.backbone in ("mixer", "mixer-moe"):
         state = _pretrained_mixer(benchmark, cfg)
@@ -64,7 +67,21 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         if benchmark.kind != "image":
             raise ValueError(f"model.backbone=tiny-mlp needs an image benchmark (got {benchmark.name}: {benchmark.kind})")
         return TinyMLPExpertModel(int(np.prod(benchmark.input_shape)), cfg.width, benchmark.num_classes, device)
-    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe (got {cfg.backbone!r})")
+    kind, _, k = cfg.backbone.partition("-")
+    if kind in ("cnn", "pfedmoe") and k in ("1", "2", "3", "4", "5"):
+        if benchmark.kind != "image" or len(benchmark.input_shape) != 3:
+            raise ValueError(f"model.backbone={cfg.backbone} needs an image benchmark with [C, H, W] inputs "
+                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
+        shape = tuple(int(s) for s in benchmark.input_shape)
+        if kind == "cnn":
+            from fedmoe_sim.models.cnn import HeteroCNNModel
+
+            return HeteroCNNModel(int(k), shape, benchmark.num_classes, device=device)
+        from fedmoe_sim.models.pfedmoe import PFedMoEModel
+
+        return PFedMoEModel(int(k), shape, benchmark.num_classes, gate_hidden=cfg.gate_hidden, device=device)
+    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe, cnn-1..5, pfedmoe-1..5 "
+                     f"(got {cfg.backbone!r})")
 
 
 def _pretrained_mixer(benchmark: Benchmark, cfg: ModelConfig) -> dict:

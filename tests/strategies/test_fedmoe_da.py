@@ -49,12 +49,19 @@ def test_the_method_forces_the_client_moe_and_its_check_names_it():
     cfg = build_config("digits-domains", {**SMALL, "strategy": "fedmoe-da", "model.backbone": "mixer"})
     assert cfg.model.backbone == "mixer-moe"                      # the registry's defining value wins
     plain = build_config("digits-domains", {**SMALL, "strategy": "fedavg"})
-    with pytest.raises(ValueError, match="needs the client MoE: model.backbone=mixer-moe"):
+    with pytest.raises(ValueError, match="needs the client MoE for every client: model.backbone=mixer-moe"):
         FedMoEDAStrategy.check_config(plain, get_workspace(plain))
 
 
-@pytest.mark.parametrize("gate", ["fedavg", "personal"])
-def test_same_seed_same_numbers(tmp_path, gate):
-    a = _run(tmp_path / "a", **{"fedmoe_da.gate": gate})[0]
-    b = _run(tmp_path / "b", **{"fedmoe_da.gate": gate})[0]
+@pytest.mark.parametrize("gate, proxy", [("fedavg", "row"), ("personal", "update"), ("fedavg", "update")])
+def test_same_seed_same_numbers(tmp_path, gate, proxy):
+    a = _run(tmp_path / "a", **{"fedmoe_da.gate": gate, "fedmoe_da.proxy": proxy})[0]
+    b = _run(tmp_path / "b", **{"fedmoe_da.gate": gate, "fedmoe_da.proxy": proxy})[0]
     assert a.final == b.final and a.bytes_p2p == b.bytes_p2p
+
+
+def test_update_proxies_plan_differently_from_raw_gate_rows(tmp_path):
+    """Shared inits make raw gate rows alike everywhere; the round's update is what differs."""
+    row = _run(tmp_path / "row", **{"fedmoe_da.tau": 0.1})[0]
+    update = _run(tmp_path / "update", **{"fedmoe_da.tau": 0.1, "fedmoe_da.proxy": "update"})[0]
+    assert row.bytes_p2p != update.bytes_p2p or row.final != update.final

@@ -75,3 +75,25 @@ def test_models_that_couple_samples_are_refused():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     assert not can_vectorise(net) and not can_vectorise(torch.nn.Sequential(torch.nn.Dropout(0.1)))
     assert can_vectorise(torch.nn.Sequential(torch.nn.Dropout(0.0)))
+
+
+def test_a_small_memory_budget_chunks_the_clients_and_changes_nothing(model, digits_benchmark):
+    from fedmoe_sim.vectorised import activation_bytes
+
+    starts, data, seeds = _clients(model, digits_benchmark)
+    per_sample = activation_bytes(model, data[0][0])
+    assert per_sample > 0
+    whole = train_many(model, starts, data, TRAIN, seeds)
+    calls = []
+    import fedmoe_sim.vectorised as vec
+
+    real = vec._train_group
+    try:
+        vec._train_group = lambda *a, **k: calls.append(len(a[1])) or real(*a, **k)
+        chunked = train_many(model, starts, data, TRAIN, seeds, max_bytes=per_sample * 16)   # one client per chunk
+    finally:
+        vec._train_group = real
+    assert max(calls) == 1 and len(calls) == len(SIZES)
+    for (a, _), (b, _) in zip(whole, chunked, strict=True):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-6)

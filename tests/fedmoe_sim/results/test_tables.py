@@ -61,14 +61,14 @@ def test_markdown_table(summaries, tmp_path):
     md = write_table(summaries, "B", tmp_path)
     assert (tmp_path / "table.md").read_text() == md
     lines = md.splitlines()
-    assert lines[0].startswith("| strategy | seeds | mean acc (%) | Δ acc vs baseline (pp) | worst client (%)")
+    assert lines[0].startswith("| strategy | seeds | mean acc (%) | Δ acc vs baseline (pp) | mean client, own split (%) | worst client (%)")
     assert "| mnist (%) | svhn (%) |" in lines[0]
     row = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:6]}
-    assert "| 82.0 ± 5.0 | +10.0 ± 2.5 | 50.0 |" in row["A"]            # worst client: no spread, no ±
+    assert "| 82.0 ± 5.0 | +10.0 ± 2.5 | 55.0 | 50.0 |" in row["A"]     # mean and worst client: no spread, no ±
     assert "| 3.0 MiB | 6.0 MiB | 0 B | 20.0 ± 24.8 s |" in row["A"]
     assert row["B (baseline)"].split(" | ")[3] == "—"
     assert "| -9.5 ± 6.4 |" in row["C"]
-    assert "| 50.0 (n=1) | -20.0 (n=1) | 30.0 (n=1) |" in row["D"]
+    assert "| 50.0 (n=1) | -20.0 (n=1) | 60.0 (n=1) | 30.0 (n=1) |" in row["D"]
 
 
 def test_csv_table_holds_raw_numbers(summaries, tmp_path):
@@ -92,7 +92,7 @@ def test_a_missing_domain_shows_a_dash(tmp_path):
     md = write_table([_s("A", 0, 0.8, domains={"mnist": 0.8}), _s("B", 0, 0.7, domains={"usps": 0.6})],
                      "A", tmp_path)
     a_row = next(line for line in md.splitlines() if line.startswith("| A"))
-    assert a_row.split(" | ")[5:7] == ["80.0 (n=1)", "—"]            # mnist, usps
+    assert a_row.split(" | ")[6:8] == ["80.0 (n=1)", "—"]            # mnist, usps
 
 
 def test_routing_column_appears_only_when_some_method_routes(summaries, tmp_path):
