@@ -93,3 +93,17 @@ def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn) -> list[wire
 def from_server(task: wire.Task, part: str) -> StartFn:
     """Start from the part the server sent this client."""
     return lambda cid: task.part(cid, part)
+
+
+def with_server_part(ws: Workspace, task: wire.Task, context: Context, part: str) -> StartFn:
+    """Start = the client's stored state (its family's initial state before its first
+    training) with `part` replaced by the server's copy when the task carries one."""
+    own = own_state(state_store(task, context), task)
+
+    def start(cid: int) -> wire.State | None:
+        state = own(cid)
+        shared = task.part(cid, part)
+        if shared is None:
+            return state
+        return {**(state if state is not None else ws.initial_expert(ws.family_of(cid))), **shared}
+    return start

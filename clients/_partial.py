@@ -11,23 +11,9 @@ from __future__ import annotations
 
 from flwr.app import Context
 
-from clients._common import KeepFn, StartFn, keep_in, own_state, state_store, train_all
+from clients._common import KeepFn, keep_in, state_store, train_all, with_server_part
 from fedmoe_sim import wire
 from fedmoe_sim.workspace import Workspace
-
-
-def with_server_part(ws: Workspace, task: wire.Task, context: Context, part: str) -> StartFn:
-    """Start = the client's stored state (its family's initial state before its first
-    training) with `part` replaced by the server's copy when the task carries one."""
-    own = own_state(state_store(task, context), task)
-
-    def start(cid: int) -> wire.State | None:
-        state = own(cid)
-        shared = task.part(cid, part)
-        if shared is None:
-            return state
-        return {**(state if state is not None else ws.initial_expert(ws.family_of(cid))), **shared}
-    return start
 
 
 def train_keeping(ws: Workspace, task: wire.Task, context: Context, part: str,

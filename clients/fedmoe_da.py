@@ -9,27 +9,17 @@ from __future__ import annotations
 
 from flwr.app import Context
 
-from clients._common import evaluate_all, keep_in, own_state, per_client, state_store, train_all
+from clients._common import (evaluate_all, keep_in, own_state, per_client, state_store, train_all,
+                             with_server_part)
 from fedmoe_sim import wire
 from fedmoe_sim.aggregation.fedmoe_da import PLAN, peer_parts, personalise
 from fedmoe_sim.models.client_moe import GATE, layer_experts
 from fedmoe_sim.workspace import Workspace, parse_run_config
 
 
-def _start(ws: Workspace, task: wire.Task, context: Context):
-    own = own_state(state_store(task, context), task)
-
-    def start(cid: int) -> wire.State:
-        state = own(cid)
-        gate = task.part(cid, GATE)
-        if gate is None:
-            return state
-        return {**(state if state is not None else ws.initial_expert(ws.family_of(cid))), **gate}
-    return start
-
-
 def train(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
-    return train_all(ws, task, start=_start(ws, task, context), keep=keep_in(state_store(task, context), task))
+    return train_all(ws, task, start=with_server_part(ws, task, context, GATE),
+                     keep=keep_in(state_store(task, context), task))
 
 
 def sync(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
@@ -51,4 +41,4 @@ def sync(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientRe
 
 
 def evaluate(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
-    return evaluate_all(ws, task, state_of=_start(ws, task, context))
+    return evaluate_all(ws, task, state_of=with_server_part(ws, task, context, GATE))

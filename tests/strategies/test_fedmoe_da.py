@@ -22,6 +22,15 @@ def _run(tmp_path, **extra):
 def test_gates_go_to_the_server_and_experts_travel_peer_to_peer(tmp_path):
     summary, grid, ledger = _run(tmp_path)
     assert {r["part"] for r in ledger if r["direction"] == wire.UP} == {"gate"}     # only gates to the server
+    assert {r["part"] for r in ledger if r["direction"] == wire.DOWN} == {"gate", "plan"}
+    from fedmoe_sim.workspace import get_workspace
+
+    model = get_workspace(build_config("digits-domains", {**SMALL, "strategy": "fedmoe-da"})).model
+    gate_bytes = sum(a.nbytes for a in model.part_state("gate").values())
+    for rnd in (1, 2):
+        up = sum(r["bytes"] for r in ledger if r["round"] == rnd and r["direction"] == wire.UP)
+        assert up == 4 * gate_bytes                                        # server-bound: the gates, nothing else
+    assert not [r for r in ledger if r["part"].startswith("peer/") and r["direction"] != wire.P2P]
     p2p = [r for r in ledger if r["direction"] == wire.P2P]
     assert p2p and all(r["part"].startswith("peer/") and r["peer"] != r["client"] for r in p2p)
     assert all(r["part"] == f"peer/{r['peer']}/{r['part'].split('/')[2]}/{r['part'].split('/')[3]}" for r in p2p)
