@@ -77,7 +77,10 @@ def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | Non
     return [out[cid] for cid in task.client_ids]
 
 
-def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn) -> list[wire.ClientResult]:
+def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn,
+                 extra: Callable[[int], dict[str, float]] | None = None) -> list[wire.ClientResult]:
+    """Evaluate each client's model; `extra(cid)` adds a method's own numbers, called while the
+    client's state is still loaded in its family's model."""
     def work(cid: int) -> wire.ClientResult:
         ev = ws.evaluate_client(cid, state_of(cid))
         return wire.ClientResult(cid, {
@@ -86,6 +89,7 @@ def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn) -> list[wire
             wire.ACC_OWN: ev.acc_own,
             wire.ACC_DOMAIN: ev.acc_domain,
             wire.DOMAIN: ev.domain,
+            **(extra(cid) if extra is not None else {}),
         })
     return per_client(task, work)
 

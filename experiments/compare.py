@@ -123,10 +123,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argparse.Namespace) -> str:
     """Tables, plots and the report from the finished runs' records."""
+    from fedmoe_sim.models.pfedmoe import GATE_GLOBAL, LABEL_ENTROPY
     from fedmoe_sim.results import plots, tables
     from fedmoe_sim.results.io import read_jsonl
 
-    summaries, curves, byte_curves, domains = [], {}, {}, {}
+    summaries, curves, byte_curves, domains, gates = [], {}, {}, {}, {}
     for cfg in runs:
         run_dir = Path(cfg.out)
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -136,6 +137,9 @@ def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argpa
         byte_curves.setdefault(cfg.strategy, []).append(plots.accuracy_vs_bytes_series(rounds, ACC_KEY))
         for dom, metrics in summary.get("per_domain", {}).items():
             domains.setdefault(cfg.strategy, {}).setdefault(dom, []).append(metrics["acc"])
+        for row in summary.get("per_client", []):     # methods with a gate over experts (pFedMoE)
+            if GATE_GLOBAL in row and LABEL_ENTROPY in row:
+                gates.setdefault(cfg.strategy, []).append((row[LABEL_ENTROPY], row[GATE_GLOBAL]))
     check_identical_partitions(summaries)
     table_md = tables.write_table(summaries, baseline, out)
     paths = [
@@ -143,6 +147,8 @@ def summarise_sweep(out: Path, runs: list[RunConfig], baseline: str, args: argpa
         plots.plot_accuracy_vs_bytes(byte_curves, out / "accuracy_vs_bytes.png"),
         plots.plot_per_domain_bars(domains, out / "per_domain.png"),
     ]
+    if gates:
+        paths.append(plots.plot_gate_vs_heterogeneity(gates, out / "gate_vs_heterogeneity.png"))
     seeds = sorted({s["seed"] for s in summaries})
     command = "fedmoe-sim compare " + " ".join(
         [f"--experiment {args.experiment}", f"--strategies {','.join(dict.fromkeys(c.strategy for c in runs))}",

@@ -6,13 +6,12 @@ to Flower's protobuf and back in both directions, handed to `clients.app.app` wi
 the node's own Context (node config, state), and a handler that raises becomes an
 error reply, as Flower's runtimes do. Nodes are numbered 1..N; each may get its own
 node config (a separate `state-dir` stands in for a separate machine's disk).
-Replies are produced when pulled, so `drop` can make a node miss a deadline.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -36,8 +35,7 @@ def _wire_copy(msg: Message) -> Message:
 class InProcessGrid(Grid):
     """`num_nodes` SuperNodes in this process; `deliveries` records (node, phase, client ids)."""
 
-    def __init__(self, num_nodes: int, node_configs: list[dict] | None = None, client_app=None,
-                 drop: Callable[[int, Message], bool] | None = None) -> None:
+    def __init__(self, num_nodes: int, node_configs: list[dict] | None = None, client_app=None) -> None:
         from clients.app import app
 
         self.client_app = client_app or app
@@ -45,7 +43,6 @@ class InProcessGrid(Grid):
         configs = node_configs or [{} for _ in self.node_ids]
         self.contexts = {node: Context(RUN_ID, node, dict(cfg), RecordDict(), {})
                          for node, cfg in zip(self.node_ids, configs, strict=True)}
-        self.drop = drop
         self._inbox: dict[str, Message] = {}
         self.deliveries: list[tuple[int, str, tuple[int, ...]]] = []
         self._run = Run.create_empty(RUN_ID)
@@ -79,10 +76,7 @@ class InProcessGrid(Grid):
             msg = self._inbox.pop(mid, None)
             if msg is None:
                 continue
-            node = msg.metadata.dst_node_id
-            if self.drop is not None and self.drop(node, msg):
-                continue    # this node never answers: the server's timeout takes over
-            replies.append(_wire_copy(self._handle(node, msg)))
+            replies.append(_wire_copy(self._handle(msg.metadata.dst_node_id, msg)))
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

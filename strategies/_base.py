@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from fedmoe_sim import wire
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
@@ -72,3 +74,11 @@ class Strategy:
     def finish(self, server_round: int, exchange: Exchange) -> Metrics:
         """Steps after the last round, e.g. a one-shot upload and a server-side model (no-op)."""
         return {}
+
+
+def personalised_metrics(metrics: Metrics, per_client: dict[int, Metrics]) -> Metrics:
+    """Beside the mean and the worst client: the spread of own-split accuracy over clients."""
+    own = [m[wire.ACC_OWN] for m in per_client.values() if np.isfinite(m.get(wire.ACC_OWN, np.nan))]
+    if own:
+        metrics["client-eval/acc-own-std"] = float(np.std(own))
+    return metrics

@@ -27,9 +27,8 @@ from fedmoe_sim import wire
 from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Metrics, Strategy
+from strategies._base import Metrics, Strategy, personalised_metrics
 from strategies._federation import Federation
-from strategies.fedmoe_da import personalised_metrics
 
 
 def shared_part_spec(cfg: RunConfig, ws: Workspace, part: str) -> wire.PartSpec:

@@ -27,7 +27,7 @@ from fedmoe_sim.aggregation import fedmoe_da as da
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.client_moe import EXPERTS, GATE, expert_keys, gate_proxies
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Exchange, Metrics, Strategy
+from strategies._base import Exchange, Metrics, Strategy, personalised_metrics
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
@@ -119,12 +119,3 @@ class FedMoEDAStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, got: wire.Unpacked) -> Metrics:
         return personalised_metrics(super().aggregate_evaluate(server_round, got), self.per_client)
 
-
-def personalised_metrics(metrics: Metrics, per_client: dict[int, Metrics]) -> Metrics:
-    """Beside the mean and the worst client: the spread of own-split accuracy over clients."""
-    import numpy as np
-
-    own = [m[wire.ACC_OWN] for m in per_client.values() if np.isfinite(m.get(wire.ACC_OWN, np.nan))]
-    if own:
-        metrics["client-eval/acc-own-std"] = float(np.std(own))
-    return metrics

@@ -13,9 +13,24 @@ the dropped batch norm and m = model.gate_hidden are ours (`fedmoe_sim.models.pf
 
 from __future__ import annotations
 
-from fedmoe_sim.models.pfedmoe import GLOBAL
+import numpy as np
+
+from fedmoe_sim import wire
+from fedmoe_sim.models.pfedmoe import GATE_GLOBAL, GLOBAL
+from strategies._base import Metrics
 from strategies._partial import SharedPartStrategy
+
 
 
 class PFedMoEStrategy(SharedPartStrategy):
     part = GLOBAL
+
+    def aggregate_evaluate(self, server_round: int, got: wire.Unpacked) -> Metrics:
+        """Beside accuracy: the mean and spread over clients of the gate's weight on the global
+        expert (each client's value is in the run summary's per-client rows)."""
+        metrics = super().aggregate_evaluate(server_round, got)
+        weights = [m[GATE_GLOBAL] for m in self.per_client.values() if GATE_GLOBAL in m]
+        if weights:
+            metrics["client-eval/gate-global"] = float(np.mean(weights))
+            metrics["client-eval/gate-global-std"] = float(np.std(weights))
+        return metrics

@@ -40,6 +40,8 @@ from fedmoe_sim.models.cnn import (
 from fedmoe_sim.models.expert_model import ExpertModel
 
 GLOBAL, LOCAL, GATE, HEAD = "global", "local", "gate", "head"   # part names
+LABEL_ENTROPY = "label-entropy"   # evaluation metric: entropy (bits) of a client's training labels
+GATE_GLOBAL = "gate-global"   # evaluation metric: a client's mean gate weight on the global expert (its test split)
 DEFAULT_GATE_HIDDEN = 64  # m: not published (ours)
 
 

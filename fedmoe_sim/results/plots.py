@@ -222,3 +222,23 @@ def plot_per_domain_bars(per_strategy: Mapping[str, Mapping[str, Sequence[float]
     y = ax.transAxes.inverted().transform((0.0, bottom))[1]
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, y - 0.02), ncol=min(n, 4), fontsize="small", frameon=False)
     return _save_png(fig, path)
+
+
+def plot_gate_vs_heterogeneity(per_strategy: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *,
+                               title: str = "What the gate learned") -> Path:
+    """One point per client and seed: its label entropy (bits; 1 = two balanced classes) against
+    the mean weight its gate gives the global expert on its own test split."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for i, (name, points) in enumerate(per_strategy.items()):
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, s=14, alpha=0.7, color=_color(i), label=f"{name} ({len(points)} client-runs)")
+    ax.set_xlabel("label entropy of the client's training data (bits)")
+    ax.set_ylabel("mean gate weight on the global expert")
+    ax.set_ylim(-0.02, 1.02)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    _legend_or_empty(ax, sum(1 for p in per_strategy.values() if p))
+    return _save_png(fig, path)

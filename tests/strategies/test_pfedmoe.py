@@ -26,6 +26,9 @@ def test_clients_of_all_five_families_train_together_and_upload_one_global_spec(
     summary = run_inprocess([cfg])[0]
     assert summary.final["client-train/num-clients"] == 5 and summary.final["client-train/rejected"] == 0
     assert summary.bytes_up == 2 * 5 * sum(np.prod(s) * 4 for s, _ in ws.model.part_spec("global").values())
+    gates = [row["gate-global"] for row in summary.per_client]     # what each client's gate learned
+    assert len(gates) == 5 and all(0 < g < 1 for g in gates)
+    assert summary.final["client-eval/gate-global"] == pytest.approx(np.mean(gates))
 
 
 def _cifar_like_folder(root, classes=10, per_class=6):

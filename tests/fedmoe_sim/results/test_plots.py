@@ -101,3 +101,12 @@ def test_near_equal_costs_do_not_fill_the_bytes_axis(tmp_path, monkeypatch):
     assert hi / lo >= 10
     plot_accuracy_vs_bytes(BYTES, tmp_path / "far.png")           # a factor >= 4 apart: matplotlib's own limits
     _assert_png(tmp_path / "far.png")
+
+
+def test_gate_plot_draws_one_point_per_client_run(tmp_path):
+    from fedmoe_sim.results.plots import plot_gate_vs_heterogeneity
+
+    path = plot_gate_vs_heterogeneity({"pfedmoe": [(1.0, 0.9), (0.9, 0.2)], "other": []}, tmp_path / "gate.png")
+    assert path.exists() and path.stat().st_size > 1000
+    empty = plot_gate_vs_heterogeneity({}, tmp_path / "empty.png")
+    assert empty.exists()
