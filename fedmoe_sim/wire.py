@@ -314,6 +314,7 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
 
 
 def _metrics(record: MetricRecord) -> tuple[dict[str, float] | None, str | None]:
+    """Numeric, finite metrics with a non-negative `num-examples` (every method weighs by it)."""
     metrics = {}
     for k, v in record.items():
         if isinstance(v, (list, tuple)) or not isinstance(v, (int, float)):
@@ -321,6 +322,10 @@ def _metrics(record: MetricRecord) -> tuple[dict[str, float] | None, str | None]
         metrics[k] = float(v)
         if not math.isfinite(metrics[k]):
             return None, "non-finite metrics"
+    if NUM_EXAMPLES not in metrics:
+        return None, f"no {NUM_EXAMPLES!r} metric"
+    if metrics[NUM_EXAMPLES] < 0:
+        return None, f"{NUM_EXAMPLES} must be >= 0 (got {metrics[NUM_EXAMPLES]:g})"
     return metrics, None
 
 

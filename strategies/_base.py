@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedmoe_sim import wire
+from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
@@ -82,3 +83,12 @@ def personalised_metrics(metrics: Metrics, per_client: dict[int, Metrics]) -> Me
     if own:
         metrics["client-eval/acc-own-std"] = float(np.std(own))
     return metrics
+
+
+def average_part(results: list[wire.ClientResult], part: str, previous: wire.State) -> wire.State:
+    """The example-weighted average of one part over the valid results, or `previous` when no
+    result carries an example (nobody valid, or every client empty): a round never fails on it."""
+    weighted = [(r.part(part), r.metrics[wire.NUM_EXAMPLES]) for r in results if r.metrics[wire.NUM_EXAMPLES] > 0]
+    if not weighted:
+        return previous
+    return weighted_average([state for state, _ in weighted], [w for _, w in weighted])

@@ -24,10 +24,9 @@ refuses a config where it has not, in one line.
 from __future__ import annotations
 
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Metrics, Strategy, personalised_metrics
+from strategies._base import Metrics, Strategy, average_part, personalised_metrics
 from strategies._federation import Federation
 
 
@@ -74,9 +73,7 @@ class SharedPartStrategy(Strategy):
         return box
 
     def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
-        if got.results:   # nobody valid: keep the previous part
-            self.shared = weighted_average([r.part(self.part) for r in got.results],
-                                           [r.metrics[wire.NUM_EXAMPLES] for r in got.results])
+        self.shared = average_part(got.results, self.part, self.shared)
         return self.fed.train_metrics(got)
 
     def aggregate_evaluate(self, server_round: int, got: wire.Unpacked) -> Metrics:

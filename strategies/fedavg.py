@@ -13,11 +13,10 @@ reads many logical clients per reply and drops malformed updates instead.
 from __future__ import annotations
 
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import WHOLE
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Metrics, Strategy
+from strategies._base import Metrics, Strategy, average_part
 from strategies._federation import Federation
 
 
@@ -39,9 +38,7 @@ class FedAvgStrategy(Strategy):
         return box
 
     def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
-        if got.results:   # nobody valid: keep the previous global expert
-            self.global_expert = weighted_average([r.part(WHOLE) for r in got.results],
-                                                  [r.metrics[wire.NUM_EXAMPLES] for r in got.results])
+        self.global_expert = average_part(got.results, WHOLE, self.global_expert)
         return self.fed.train_metrics(got)
 
     def configure_evaluate(self, server_round: int) -> wire.Outbox:

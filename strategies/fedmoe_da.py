@@ -22,12 +22,11 @@ No official code is public: P = 5, tau = 1, I = 5, E = 4, top-2 are our defaults
 from __future__ import annotations
 
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.aggregation import fedmoe_da as da
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.client_moe import EXPERTS, GATE, expert_keys, gate_proxies
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Exchange, Metrics, Strategy, personalised_metrics
+from strategies._base import Exchange, Metrics, Strategy, average_part, personalised_metrics
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
@@ -79,7 +78,7 @@ class FedMoEDAStrategy(Strategy):
         if self.dcfg.gate == "personal":
             self.last_gate.update({r.client_id: g for r, g in zip(got.results, gates, strict=True)})
         if self.dcfg.gate == "fedavg":
-            self.gate = weighted_average(gates, [r.metrics[wire.NUM_EXAMPLES] for r in got.results])
+            self.gate = average_part(got.results, GATE, self.gate)
         self.experts = {r.client_id: r.part(EXPERTS) for r in got.results if EXPERTS in r.parts}
         if self.dcfg.top_p > 0 and (not self.plans or da.plan_due(server_round, self.dcfg.every)):
             layers = self.ws.model.num_layers

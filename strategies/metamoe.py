@@ -27,11 +27,10 @@ import logging
 
 from fedmoe_sim import unification as uni
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation import weighted_average
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Exchange, Metrics, Strategy
+from strategies._base import Exchange, Metrics, Strategy, average_part
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
@@ -78,9 +77,7 @@ class MetaMoEStrategy(Strategy):
         if self.per_domain:
             for d in self.domain_state:
                 mine = [r for r in got.results if self.domain_of[r.client_id] == d]
-                if mine:
-                    self.domain_state[d] = weighted_average([r.part(EXPERT) for r in mine],
-                                                            [r.metrics[wire.NUM_EXAMPLES] for r in mine])
+                self.domain_state[d] = average_part(mine, EXPERT, self.domain_state[d])
         return self.fed.train_metrics(got)
 
     def configure_evaluate(self, server_round: int) -> wire.Outbox:

@@ -102,6 +102,24 @@ def test_bad_metrics_unasked_and_twice_answering_clients_are_rejected():
     assert got.uploaded[(9, "expert")] == 28        # bytes of rejected uploads are still counted
 
 
+def test_num_examples_must_be_there_and_non_negative():
+    no_count = wire.ClientResult(0, {"train-loss": 1.0}, {"expert": _state()})
+    negative = _result(1, **{"num-examples": -3})
+    got = wire.read_replies([_reply([no_count, negative, _result(2, **{"num-examples": 0})])], EXPECT, asked={0, 1, 2})
+    assert [r.client_id for r in got.results] == [2]
+    assert "no 'num-examples'" in got.rejected[0] and "must be >= 0" in got.rejected[1]
+
+
+def test_a_round_whose_clients_hold_no_example_keeps_the_previous_part():
+    from strategies._base import average_part
+
+    previous = _state(7.0)
+    empty = [wire.ClientResult(c, {"num-examples": 0.0}, {"expert": _state(float(c))}) for c in range(2)]
+    assert average_part(empty, "expert", previous) is previous
+    mixed = [*empty, wire.ClientResult(5, {"num-examples": 2.0}, {"expert": _state(5.0)})]
+    np.testing.assert_array_equal(average_part(mixed, "expert", previous)["a"], _state(5.0)["a"])
+
+
 def test_malformed_record_names_are_ignored_not_raised():
     content = wire.make_reply([_result(1)])
     content["up/x/expert"] = wire.to_record(_state())
