@@ -245,10 +245,12 @@ def _client_id(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], asked: Iterable[int]) -> Unpacked:
+def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], asked: Iterable[int],
+                 asked_of: Mapping[int, set[int]] | None = None) -> Unpacked:
     """Collect per-client results from node replies; reject malformed ones.
 
-    A client is dropped, with a logged reason, when it was not asked, answered twice,
+    `asked_of`: node id -> the clients that node was asked about (a node may speak only for
+    those). A client is dropped, with a logged reason, when it was not asked (of that node), answered twice,
     reported an error, sent non-finite or non-numeric metrics, or sent a part that is
     missing, unknown to `expect`, undecodable or not matching its spec. Bytes of every
     part received are counted either way: a rejected upload still crossed the wire.
@@ -288,6 +290,8 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
                     decoded[part] = state
             if cid not in asked:
                 reason = "client was not asked in this phase"
+            elif asked_of is not None and cid not in asked_of.get(msg.metadata.src_node_id, set()):
+                reason = f"node {msg.metadata.src_node_id} answered for a client it was not asked about"
             elif cid in seen:
                 reason = "client answered twice"
             elif cid in errors:

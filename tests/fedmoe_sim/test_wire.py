@@ -120,6 +120,16 @@ def test_a_round_whose_clients_hold_no_example_keeps_the_previous_part():
     np.testing.assert_array_equal(average_part(mixed, "expert", previous)["a"], _state(5.0)["a"])
 
 
+def test_a_node_speaks_only_for_the_clients_it_was_asked_about():
+    """Node 0 was asked about client 0 and node 2 about client 1: node 0 answering for both
+    gets client 1 rejected."""
+    msg = _reply([_result(0), _result(1)])
+    assert msg.metadata.src_node_id == 0            # the task_identity fixture's node
+    got = wire.read_replies([msg], EXPECT, asked={0, 1}, asked_of={0: {0}, 2: {1}})
+    assert [r.client_id for r in got.results] == [0]
+    assert "node 0 answered for a client it was not asked about" in got.rejected[1]
+
+
 def test_malformed_record_names_are_ignored_not_raised():
     content = wire.make_reply([_result(1)])
     content["up/x/expert"] = wire.to_record(_state())
