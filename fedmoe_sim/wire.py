@@ -82,17 +82,31 @@ def to_record(state: State) -> ArrayRecord:
 
 
 def _decode_array(arr: Array) -> np.ndarray:
-    """`Array.numpy()` without `np.load`: its .npy header parse (ast.literal_eval) costs
-    more than the copy for small expert tensors. The raw data are the last nbytes of the
-    serialised bytes; anything that is not a plain numpy array takes Flower's path."""
+    """`Array.numpy()` without `np.load` where the payload is the plain C-ordered array its
+    metadata says: its .npy header parse (ast.literal_eval) costs more than the copy for small
+    expert tensors. The header is still checked (cheap byte matches): a Fortran-ordered or
+    otherwise different payload takes Flower's own path, and one whose header disagrees with
+    its metadata (dtype, shape) is refused."""
     dtype = np.dtype(arr.dtype) if arr.stype == "numpy.ndarray" else None
     if dtype is None or dtype.hasobject:
         return arr.numpy()
-    shape = tuple(arr.shape)
+    shape = tuple(int(d) for d in arr.shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > len(arr.data):
         raise ValueError(f"array data holds {len(arr.data)} bytes, {nbytes} expected for {shape} {dtype}")
+    header = bytes(arr.data[: len(arr.data) - nbytes])
+    if not _plain_header(header, dtype, shape):
+        out = arr.numpy()
+        if tuple(out.shape) != shape or out.dtype != dtype:
+            raise ValueError(f"array header says {out.dtype} {tuple(out.shape)}, its metadata {dtype} {shape}")
+        return out
     return np.frombuffer(arr.data, dtype=dtype, offset=len(arr.data) - nbytes).reshape(shape).copy()
+
+
+def _plain_header(header: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """Whether a .npy header describes exactly a C-ordered `dtype` array of `shape`."""
+    return (header.startswith(b"\x93NUMPY") and b"'fortran_order': False" in header
+            and f"'descr': '{dtype.str}'".encode() in header and f"'shape': {shape!r}".encode() in header)
 
 
 def from_record(record: ArrayRecord) -> State:

@@ -193,3 +193,16 @@ def test_fast_decode_equals_flowers_decoder(arr):
     ref = record["x"].numpy()
     assert fast.dtype == ref.dtype and fast.shape == ref.shape and np.array_equal(fast, ref)
     assert fast.flags.writeable
+
+
+def test_a_fortran_ordered_payload_is_decoded_by_its_header_not_misread():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    record = ArrayRecord({"x": Array(np.asfortranarray(x))})     # not through to_record's contiguous copy
+    np.testing.assert_array_equal(wire.from_record(record)["x"], x)
+
+
+def test_a_header_that_disagrees_with_its_metadata_is_refused():
+    arr = Array(np.zeros((2, 3), np.float32))
+    lying = Array(dtype="float32", shape=(3, 2), stype="numpy.ndarray", data=arr.data)
+    with pytest.raises(ValueError, match="header says float32 \\(2, 3\\)"):
+        wire.from_record(ArrayRecord({"x": lying}))
