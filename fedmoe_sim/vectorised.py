@@ -25,7 +25,6 @@ can be vectorised (`can_vectorise`); the others train one after another.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -37,8 +36,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedmoe_sim.config import TrainConfig
 from fedmoe_sim.models.expert_model import ExpertModel
-from fedmoe_sim.models.mixer import translate, translation_offsets
-from fedmoe_sim.training import TrainStats
+from fedmoe_sim.models.mixer import translate
+from fedmoe_sim.training import TrainStats, augments, batch_schedule, steps_per_epoch
 
 State = dict[str, np.ndarray]
 _BATCH_COUPLED = (nn.Dropout, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -60,7 +59,7 @@ def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple
         raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: train its clients one by one")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, (_, labels) in enumerate(data):
-        groups[math.ceil(int(labels.shape[0]) / cfg.batch_size)].append(i)
+        groups[steps_per_epoch(int(labels.shape[0]), cfg)].append(i)
     out: list[tuple[State, TrainStats] | None] = [None] * len(starts)
     for members in groups.values():
         batch = min(cfg.batch_size, max(int(data[i][1].shape[0]) for i in members))
@@ -105,18 +104,6 @@ def activation_bytes(model: nn.Module, inputs) -> int:
     return cache[key]
 
 
-def _schedule(n: int, cfg: TrainConfig, seed: int, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The (batch indices, translation offsets) of every step, drawn exactly as `train_local` draws them."""
-    gen = torch.Generator().manual_seed(seed)
-    steps = []
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            steps.append((idx, translation_offsets(len(idx), gen) if augment else None))
-    return steps
-
-
 def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
                  seeds: Sequence[int], augment: bool | None) -> list[tuple[State, TrainStats]]:
     device = model.device
@@ -132,10 +119,9 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
     inputs = [x for x, _ in data]
     labels = [y for _, y in data]
     sizes = [int(y.shape[0]) for y in labels]
-    do_augment = (cfg.augment if augment is None else augment) and all(
-        isinstance(x, torch.Tensor) and x.dim() == 4 for x in inputs)
-    schedules = [_schedule(n, cfg, seed, do_augment) for n, seed in zip(sizes, seeds, strict=True)]
-    steps_per_epoch = len(schedules[0]) // cfg.local_epochs if cfg.local_epochs and schedules[0] else 0
+    schedules = [batch_schedule(n, cfg, seed, augments(cfg, x, augment))
+                 for n, seed, x in zip(sizes, seeds, inputs, strict=True)]
+    per_epoch = steps_per_epoch(sizes[0], cfg)     # one group: equal steps per epoch
 
     def loss_of(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
         logits = functional_call(model, {**fixed, **{paths[k]: v for k, v in p.items()}}, (x,))
@@ -147,7 +133,7 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
     correct = torch.zeros(len(starts), dtype=torch.long)
     model.train()
     for t in range(len(schedules[0])):
-        if steps_per_epoch and t % steps_per_epoch == 0:
+        if t % per_epoch == 0:
             loss_sum.zero_()
             correct.zero_()
         xb, yb, wb, counts = _batch(inputs, labels, [s[t] for s in schedules], device)
