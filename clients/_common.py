@@ -99,10 +99,10 @@ def from_server(task: wire.Task, part: str) -> StartFn:
     return lambda cid: task.part(cid, part)
 
 
-def with_server_part(ws: Workspace, task: wire.Task, context: Context, part: str) -> StartFn:
+def with_server_part(ws: Workspace, task: wire.Task, store: ClientStateStore, part: str) -> StartFn:
     """Start = the client's stored state (its family's initial state before its first
     training) with `part` replaced by the server's copy when the task carries one."""
-    own = own_state(state_store(task, context), task)
+    own = own_state(store, task)
 
     def start(cid: int) -> wire.State | None:
         state = own(cid)

@@ -19,5 +19,5 @@ from fedmoe_sim.workspace import Workspace
 def train_keeping(ws: Workspace, task: wire.Task, context: Context, part: str,
                   keep: KeepFn | None = None) -> list[wire.ClientResult]:
     """Train from `with_server_part`; keep the whole trained state (or hand it to `keep`)."""
-    return train_all(ws, task, start=with_server_part(ws, task, context, part),
-                     keep=keep or keep_in(state_store(task, context), task))
+    store = state_store(task, context)
+    return train_all(ws, task, start=with_server_part(ws, task, store, part), keep=keep or keep_in(store, task))

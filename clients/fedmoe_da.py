@@ -12,14 +12,14 @@ from flwr.app import Context
 from clients._common import (evaluate_all, keep_in, own_state, per_client, state_store, train_all,
                              with_server_part)
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation.fedmoe_da import PLAN, peer_parts, personalise
+from fedmoe_sim.aggregation.fedmoe_da import KEPT_EXPERTS, PLAN, peer_parts, personalise
 from fedmoe_sim.models.client_moe import GATE, layer_experts
 from fedmoe_sim.workspace import Workspace, parse_run_config
 
 
 def train(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
-    return train_all(ws, task, start=with_server_part(ws, task, context, GATE),
-                     keep=keep_in(state_store(task, context), task))
+    store = state_store(task, context)
+    return train_all(ws, task, start=with_server_part(ws, task, store, GATE), keep=keep_in(store, task))
 
 
 def sync(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
@@ -35,10 +35,10 @@ def sync(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientRe
                                   peer_parts(task.parts(cid)), mix)
         state = {**state, **{k: v for layer in mixed for k, v in layer.items()}}
         keep(cid, state)
-        return wire.ClientResult(cid, {wire.NUM_EXAMPLES: ws.splits[cid].num_train, "kept-experts": float(kept)})
+        return wire.ClientResult(cid, {wire.NUM_EXAMPLES: ws.splits[cid].num_train, KEPT_EXPERTS: float(kept)})
 
     return per_client(task, work)
 
 
 def evaluate(ws: Workspace, task: wire.Task, context: Context) -> list[wire.ClientResult]:
-    return evaluate_all(ws, task, state_of=with_server_part(ws, task, context, GATE))
+    return evaluate_all(ws, task, state_of=with_server_part(ws, task, state_store(task, context), GATE))

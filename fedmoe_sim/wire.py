@@ -251,9 +251,6 @@ class Unpacked:
     uploaded: dict[tuple[int, str], int] = field(default_factory=dict)   # (client, part) -> bytes received
     lost_state: dict[int, str] = field(default_factory=dict)  # client id -> why its persistent state is missing
 
-    def by_client(self) -> dict[int, ClientResult]:
-        return {r.client_id: r for r in self.results}
-
 
 def _client_id(text: str) -> int | None:
     return int(text) if text.isdigit() else None

@@ -39,7 +39,6 @@ class Federation:
         self.nodes: list[int] = []
         self.node_of_client: dict[int, int] = {}
         self.trained_round: dict[int, int] = {}   # client -> round of its last accepted training
-        self._asked_of: dict[int, set[int]] = {}  # node -> clients of the phase in flight (messages -> collect)
 
     # -- nodes --------------------------------------------------------------
     def connect(self, grid: Grid) -> None:
@@ -101,9 +100,7 @@ class Federation:
         (down from the server, or P2P from the client the strategy named as its source)."""
         message_type = MessageType.EVALUATE if outbox.phase == wire.EVALUATE else MessageType.TRAIN
         out = []
-        self._asked_of = {}
         for node, cids in self.placement(sorted(outbox.clients)).items():
-            self._asked_of[node] = set(cids)
             for cid in cids:
                 for part, state in outbox.parts_of(cid).items():
                     source = outbox.sources.get((cid, part))
@@ -117,7 +114,8 @@ class Federation:
 
     def collect(self, server_round: int, replies, outbox: wire.Outbox) -> wire.Unpacked:
         """Valid per-client results; the bytes of accepted and rejected parts alike are booked."""
-        got = wire.read_replies(list(replies), outbox.expect, outbox.clients, self._asked_of)
+        asked_of = {node: set(cids) for node, cids in self.placement(sorted(outbox.clients)).items()}
+        got = wire.read_replies(list(replies), outbox.expect, outbox.clients, asked_of)
         for (cid, part), nbytes in got.uploaded.items():
             spec = outbox.expect.get(part)
             self.ledger.add(server_round, wire.RELAY if spec is not None and spec.relay else wire.UP, cid, nbytes, part)

@@ -108,7 +108,7 @@ class FedMoEDAStrategy(Strategy):
                     sliced[key] = {k: self.experts[peer][k][m] for k in expert_keys(layer)}
                 box.send(cid, da.peer_part(key), sliced[key], source=peer)
         got = exchange(box)
-        kept = sum(r.metrics.get("kept-experts", 0.0) for r in got.results)
+        kept = sum(r.metrics.get(da.KEPT_EXPERTS, 0.0) for r in got.results)
         return {"sync/transfers": float(len(box.sources)), "sync/missing-peers": float(missing),
                 "sync/kept-experts": kept, "sync/rejected": float(len(got.rejected))}
 

@@ -50,6 +50,7 @@ MIXES = ("factors", "delta")
 Fetch = tuple[int, int, int]   # (peer client, layer, expert): one expert's tensors to fetch
 PLAN = "plan"                  # the part a client's plan travels in (`client_plan`)
 PEER_PREFIX = "peer/"          # a fetched expert's part: peer/<client>/<layer>/<expert>
+KEPT_EXPERTS = "kept-experts"  # sync metric: experts left as they were (a neighbour's expert did not arrive)
 
 
 def peer_part(fetch: Fetch) -> str:
