@@ -89,7 +89,8 @@ class MetaMoEStrategy(Strategy):
         rejected = 0
         if self.needs_experts:
             box = self._outbox(UPLOAD, list(range(self.fed.cfg.federation.num_clients)))
-            box.expect = uni.upload_specs(uni.model_routing_dims(self.ws), self.upload_parts)
+            dims = uni.model_routing_dims(self.ws) if uni.ROUTING in self.upload_parts else []   # a forward pass
+            box.expect = uni.upload_specs(dims, self.upload_parts)
             if not self.per_domain:
                 box.expect.update(self.expert_spec())
             got = self.valid_uploads(exchange(box))
