@@ -59,20 +59,14 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
 
         return TextExpertModel(benchmark.num_classes, cfg, device)
     if cfg.backbone == "vit":
-        if benchmark.kind != "image" or len(benchmark.input_shape) != 3:
-            raise ValueError(f"model.backbone=vit needs an image benchmark with [C, H, W] inputs "
-                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
-        return VitExpertModel(benchmark.input_shape, benchmark.num_classes, cfg, device)
+        return VitExpertModel(_image_shape(benchmark, cfg), benchmark.num_classes, cfg, device)
     if cfg.backbone == "tiny-mlp":
         if benchmark.kind != "image":
             raise ValueError(f"model.backbone=tiny-mlp needs an image benchmark (got {benchmark.name}: {benchmark.kind})")
         return TinyMLPExpertModel(int(np.prod(benchmark.input_shape)), cfg.width, benchmark.num_classes, device)
     kind, _, k = cfg.backbone.partition("-")
     if kind in ("cnn", "pfedmoe") and k in ("1", "2", "3", "4", "5"):
-        if benchmark.kind != "image" or len(benchmark.input_shape) != 3:
-            raise ValueError(f"model.backbone={cfg.backbone} needs an image benchmark with [C, H, W] inputs "
-                             f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
-        shape = tuple(int(s) for s in benchmark.input_shape)
+        shape = _image_shape(benchmark, cfg)
         if kind == "cnn":
             from fedmoe_sim.models.cnn import HeteroCNNModel
 
@@ -82,6 +76,14 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         return PFedMoEModel(int(k), shape, benchmark.num_classes, gate_hidden=cfg.gate_hidden, device=device)
     raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe, cnn-1..5, pfedmoe-1..5 "
                      f"(got {cfg.backbone!r})")
+
+
+def _image_shape(benchmark: Benchmark, cfg: ModelConfig) -> tuple[int, int, int]:
+    """The benchmark's `[C, H, W]`, or one clear ValueError for a model that needs images."""
+    if benchmark.kind != "image" or len(benchmark.input_shape) != 3:
+        raise ValueError(f"model.backbone={cfg.backbone} needs an image benchmark with [C, H, W] inputs "
+                         f"(got {benchmark.name}: kind {benchmark.kind}, shape {benchmark.input_shape})")
+    return tuple(int(s) for s in benchmark.input_shape)
 
 
 def _pretrained_mixer(benchmark: Benchmark, cfg: ModelConfig) -> dict:
