@@ -23,8 +23,9 @@ DataFn = Callable[[int], tuple]
 def state_store(task: wire.Task, context: Context) -> ClientStateStore:
     """The node's store for this run: the node's own `state-dir` (node config), else the run's
     federation.state_dir, else the system temp dir (every simulated node of one machine)."""
-    base = str(context.node_config.get("state-dir", "")) or parse_run_config(task.run_config).federation.state_dir
-    return ClientStateStore.for_run(context.run_id, task.run_config, base)
+    cfg = parse_run_config(task.run_config)
+    base = str(context.node_config.get("state-dir", "")) or cfg.federation.state_dir
+    return ClientStateStore.for_run(task.state_key or str(context.run_id), cfg.identity_hash(), base)
 
 
 def own_state(store: ClientStateStore, task: wire.Task) -> StartFn:
@@ -37,7 +38,13 @@ def own_state(store: ClientStateStore, task: wire.Task) -> StartFn:
 
 
 def keep_in(store: ClientStateStore, task: wire.Task) -> KeepFn:
-    return lambda cid, state: store.save(cid, state, server_round=task.server_round)
+    """Save this round's state; keep the versions the server may still ask for (the one it
+    accepted last, and the one its last checkpoint names), drop older ones."""
+    def keep(cid: int, state: State) -> None:
+        plan = task.plan(cid)
+        store.save(cid, state, server_round=task.server_round,
+                   keep=(int(plan.get(wire.STATE_ROUND, 0)), int(plan.get(wire.STATE_PIN, 0))))
+    return keep
 
 
 def _missing(cid: int, exc: MissingStateError) -> wire.ClientResult:

@@ -10,7 +10,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from experiments.registry import get_method
-from fedmoe_sim import wire
+from fedmoe_sim import faults, wire
 from fedmoe_sim.workspace import get_workspace, parse_run_config
 
 app = ClientApp()
@@ -28,6 +28,8 @@ def _handle(msg: Message, context: Context, evaluate: bool) -> Message:
     if not callable(handler) or (evaluate and task.phase != wire.EVALUATE):
         raise ValueError(f"strategy {cfg.strategy} has no client phase {task.phase!r}")
     results = handler(get_workspace(cfg), task, context)
+    if cfg.faults.any and task.phase == wire.TRAIN:
+        results = faults.inject(cfg.faults, cfg.seed, task.server_round, results)
     return Message(wire.make_reply(results), reply_to=msg)
 
 

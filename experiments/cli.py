@@ -12,7 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from fedmoe_sim.config import ConfigError, RunConfig, known_keys, parse_assignments
+from fedmoe_sim.config import ConfigError, RunConfig, flatten, known_keys, parse_assignments, resolve_config
+from fedmoe_sim.results import RunRecorder, RunSummary, read_summary
+from fedmoe_sim.checkpoint import CHECKPOINT
 
 EXIT_USAGE = 2
 
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray GPU share per simulated worker (simulation.gpus_per_worker): a scheduling hint, "
                           "not a VRAM cap; 0.25 packs 4 workers on one GPU")
     run.add_argument("--workers", type=int, help="simulated SuperNodes (simulation.num_workers; 0 = one per core)")
+    run.add_argument("--faults", help="inject client faults in training: crash=P,hang=P,corrupt=P,slow=P "
+                                      "(probabilities per client and round; slow_s=SECONDS)")
+    run.add_argument("--resume", metavar="DIR", help="continue the killed run in DIR from its last checkpoint "
+                                                     "(its recorded config; other options must agree with it)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     sub.add_parser("experiments", help="list the experiment catalogue")
@@ -69,6 +75,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, object]:
         value = getattr(args, flag, None)
         if value is not None:
             values[key] = value
+    if getattr(args, "faults", None):
+        from fedmoe_sim.faults import parse_faults
+        values.update(parse_faults(args.faults))
     return values
 
 
@@ -84,6 +93,9 @@ def check_out_dir(out: Path, cfg: RunConfig) -> None:
                               f"{cfg.identity_hash()}); choose a new directory")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not a fedmoe-sim run directory; choose a new directory")
+    if not cfg.resume and (out / CHECKPOINT).exists() and not (out / "summary.json").exists():
+        raise ConfigError(f"--out {out} holds an unfinished run with a checkpoint; continue it with --resume {out}, "
+                          "or choose a new directory")
 
 
 def prepare_run(cfg: RunConfig) -> None:
@@ -105,13 +117,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from experiments.catalogue import build_config
     from experiments.runner import run_simulation
 
-    cfg = build_config(args.experiment, run_overrides(args))
+    cfg = resume_config(args) if args.resume else build_config(args.experiment, run_overrides(args))
+    if cfg.resume and RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash()):
+        print(f"{cfg.out} is already complete; nothing to resume")
+        print(headline(RunSummary.from_dict(read_summary(cfg.out))))
+        return 0
     prepare_run(cfg)
     summary = run_simulation(cfg, show_progress=not args.quiet)
     print(headline(summary))
     if cfg.out:
         print(f"results in {cfg.out}/ (config.json, rounds.csv, rounds.jsonl, ledger.csv, summary.json)")
     return 0
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The config recorded in the run directory, with resume on; options given beside
+    --resume must leave its identity unchanged (checked by check_out_dir)."""
+    out = Path(args.resume)
+    recorded = out / "config.json"
+    if not recorded.is_file():
+        raise ConfigError(f"--resume {out}: no fedmoe-sim run there (no config.json)")
+    try:
+        base = flatten(json.loads(recorded.read_text())["config"])
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"--resume {out}: config.json is unreadable ({exc})") from None
+    if args.out is not None and Path(args.out) != out:
+        raise ConfigError(f"--resume {out} and --out {args.out} name different directories")
+    return resolve_config(base, {**run_overrides(args), "out": str(out), "resume": True})
 
 
 def headline(summary) -> str:

@@ -12,6 +12,7 @@ different one is refused instead of mixing results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -101,7 +102,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     base, runs, baseline, out = plan_sweep(args)
     bind_sweep_dir(out, base)
-    todo = [cfg for cfg in runs if not RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash())]
+    # unfinished runs continue from their checkpoint (resume starts afresh where there is none)
+    todo = [dataclasses.replace(cfg, resume=True) for cfg in runs
+            if not RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash())]
     print(f"compare {base.experiment}: {len(runs)} runs ({len(runs) - len(todo)} already complete, {len(todo)} to run)")
     for cfg in todo:
         prepare_run(cfg)

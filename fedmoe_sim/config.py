@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
 PLACEMENTS = ("shard", "partition")
+AGGREGATES = ("mean", "median", "trimmed-mean")
+FAULT_KINDS = ("crash", "hang", "corrupt", "slow")
 CNN_FAMILIES = tuple(f"cnn-{k}" for k in range(1, 6))          # HeteroCNNModel CNN-k (FedGH / pFedMoE)
 PFEDMOE_FAMILIES = tuple(f"pfedmoe-{k}" for k in range(1, 6))  # PFedMoEModel, local expert CNN-k
 BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", "mixer-moe", *CNN_FAMILIES, *PFEDMOE_FAMILIES)
@@ -151,6 +153,14 @@ class FederationConfig:
     placement: str = "shard"           # shard: any node trains any sampled client; partition: client i on the node with partition-id i
     state_dir: str = ""                # where clients keep state between rounds; must be reachable by every node that
                                        # may handle a client ("" = the system temp dir: one machine; see docs/protocol.md)
+    norm_bound: float = 10.0           # reject an upload whose update norm is above this x the round's median
+                                       # for that part (0 = off); needs 3+ uploads of the part to judge
+    max_examples_ratio: float = 100.0  # reject a num-examples above this x the round's median (0 = off): one
+                                       # client must not dominate a weighted average by claiming a huge count
+    aggregate: str = "mean"            # expert averaging: mean (example-weighted), median or trimmed-mean
+                                       # (coordinate-wise, unweighted)
+    trim_fraction: float = 0.1         # trimmed-mean: share cut from each end per coordinate, in [0, 0.5)
+    checkpoint_every: int = 1          # with `out`: checkpoint server state every k rounds for --resume (0 = off)
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -167,6 +177,16 @@ class FederationConfig:
             _fail("federation.round_timeout", self.round_timeout, "> 0 seconds")
         if self.placement not in PLACEMENTS:
             _fail("federation.placement", self.placement, f"one of {', '.join(PLACEMENTS)}")
+        if self.norm_bound != 0 and not self.norm_bound > 1:
+            _fail("federation.norm_bound", self.norm_bound, "> 1 (a multiple of the median norm) or 0 = off")
+        if self.max_examples_ratio != 0 and not self.max_examples_ratio > 1:
+            _fail("federation.max_examples_ratio", self.max_examples_ratio, "> 1 or 0 = off")
+        if self.aggregate not in AGGREGATES:
+            _fail("federation.aggregate", self.aggregate, f"one of {', '.join(AGGREGATES)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            _fail("federation.trim_fraction", self.trim_fraction, "in [0, 0.5)")
+        if self.checkpoint_every < 0:
+            _fail("federation.checkpoint_every", self.checkpoint_every, ">= 0 (0 = no checkpoints)")
 
 
 @dataclass(frozen=True)
@@ -179,8 +199,13 @@ class SimulationConfig:
                                        # dimension (same experts to ~1e-6; off: one after another, bit-exact)
     vectorise_mib: int = 1024          # vectorised training: activation budget per worker; clients are chunked
                                        # so one step's estimated activations stay below it (results do not change)
+    ray_address: str = ""              # "" = start a private local Ray; "auto" or HOST:PORT = attach to a running
+                                       # Ray cluster (`ray start --head`), workers spread over its nodes (docs/ray_cluster.md)
 
     def __post_init__(self) -> None:
+        if self.ray_address and not self._is_ray_address(self.ray_address):
+            _fail("simulation.ray_address", self.ray_address,
+                  '"" (start a local Ray), "auto" or HOST:PORT of a running Ray head such as 10.0.0.5:6379')
         if self.num_workers < 0:
             _fail("simulation.num_workers", self.num_workers, ">= 0 (0 = one per core)")
         if not self.cpus_per_worker > 0:
@@ -191,6 +216,17 @@ class SimulationConfig:
             _fail("simulation.torch_threads", self.torch_threads, ">= 1")
         if self.vectorise_mib < 1:
             _fail("simulation.vectorise_mib", self.vectorise_mib, ">= 1 (MiB)")
+
+    @staticmethod
+    def _is_ray_address(address: str) -> bool:
+        """True for "auto" and HOST:PORT (HOST a name, IPv4 or [IPv6] address; PORT in 1..65535)."""
+        if address == "auto":
+            return True
+        host, _, port = address.rpartition(":")
+        if not (host.isascii() and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return False
+        bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+        return bracketed or (bool(host) and host[0].isalnum() and all(c.isalnum() or c in ".-_" for c in host))
 
 
 EXPERT_PER = ("client", "domain")
@@ -249,6 +285,35 @@ class FedGHConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Injected client faults in training phases, drawn per (seed, round, client): a crash
+    (the client reports an error), a hang (its result never arrives: the server's wait for
+    it runs out), a corrupt upload (NaN, wrong shape or scaled by 1e6), a slow reply (the
+    node's answer is held back `slow_s` seconds, inside the timeout). Evaluation is never
+    faulted, so accuracy measures the trained models."""
+
+    crash: float = 0.0
+    hang: float = 0.0
+    corrupt: float = 0.0
+    slow: float = 0.0
+    slow_s: float = 0.5                # delay of a slow client's reply
+
+    def __post_init__(self) -> None:
+        for name in FAULT_KINDS:
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                _fail(f"faults.{name}", v, "a probability in [0, 1]")
+        if sum(getattr(self, name) for name in FAULT_KINDS) > 1 + 1e-9:
+            _fail("faults", {k: getattr(self, k) for k in FAULT_KINDS}, "probabilities that sum to <= 1")
+        if not (math.isfinite(self.slow_s) and self.slow_s >= 0):
+            _fail("faults.slow_s", self.slow_s, "a finite number of seconds >= 0")
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, name) > 0 for name in FAULT_KINDS)
+
+
+@dataclass(frozen=True)
 class MetaMoEConfig:
     """MetaMoE (seed 000) and the unification baselines that share its pipeline."""
 
@@ -296,13 +361,19 @@ class MetaMoEConfig:
 # (the behaviour before they existed): at that value they stay out of `identity_hash`.
 # Only ever add to this table; a key whose default changes behaviour does not belong here.
 ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": "", "model.moe_experts": 4,
-                                  "model.moe_top_k": 2, "simulation.vectorise": False, "model.gate_hidden": 64}
+                                  "model.moe_top_k": 2, "simulation.vectorise": False, "model.gate_hidden": 64,
+                                  "federation.aggregate": "mean", "federation.trim_fraction": 0.1,
+                                  # no honest client of the recorded runs comes near these bounds (checked on
+                                  # the pinned configs and the main job): they change nothing there
+                                  "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
+                                  **{f"faults.{k}": 0.0 for k in FAULT_KINDS}}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.
 METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fedgh": ("fedgh",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
-NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib")
+NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib", "simulation.ray_address",
+                "federation.checkpoint_every", "faults.slow_s", "resume")
 
 
 @dataclass(frozen=True)
@@ -319,6 +390,8 @@ class RunConfig:
     metamoe: MetaMoEConfig = field(default_factory=MetaMoEConfig)
     fedmoe_da: FedMoEDAConfig = field(default_factory=FedMoEDAConfig)
     fedgh: FedGHConfig = field(default_factory=FedGHConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    resume: bool = False               # continue the run in `out` from its last checkpoint (CLI: --resume DIR)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -25,8 +25,10 @@ def format_seconds(s: float) -> str:
 class Progress:
     """Tracks rounds of one run; `prefix` lets a sweep say which run this is."""
 
-    def __init__(self, total_rounds: int, prefix: str = "", stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(self, total_rounds: int, prefix: str = "", stream: TextIO | None = None, enabled: bool = True,
+                 first_round: int = 1) -> None:
         self.total = max(total_rounds, 1)
+        self.first = first_round          # a resumed run: the ETA counts only rounds run by this process
         self.prefix = prefix
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -36,9 +38,10 @@ class Progress:
 
     def eta(self) -> float:
         elapsed = time.monotonic() - self.start
-        if self.rounds_done == 0:
+        ran = self.rounds_done - self.first + 1
+        if ran <= 0:
             return float("nan")
-        return elapsed / self.rounds_done * (self.total - self.rounds_done)
+        return elapsed / ran * (self.total - self.rounds_done)
 
     def line(self, server_round: int, phase: str, done: int, asked: int, extra: str = "") -> str:
         elapsed = time.monotonic() - self.start

@@ -64,6 +64,8 @@ ERROR_KIND, ERROR_REASON = "kind", "reason"
 MISSING_STATE = "missing-state"   # error kind: the client's persistent state is not where it should be
 TRAIN, EVALUATE = "train", "evaluate"   # phases every method has; EVALUATE goes out as a Flower evaluate message
 STATE_ROUND = "state-round"  # plan key of stateful methods: the round of the client's last accepted training (0 = none)
+STATE_PIN = "state-pin"      # plan key of stateful methods: that round as of the last checkpoint (a resume needs it)
+STATE_KEY = "state-key"      # task key: names the run's client-state store (kept by a resumed run)
 NODE_INFO = "node-info"      # query reply: the node's partition-id / num-partitions
 
 PARTITION_ID = "partition-id"
@@ -144,9 +146,10 @@ class Outbox:
         return {**self.shared, **self.per_client.get(cid, {})}
 
 
-def make_task(run_config: str, server_round: int, outbox: Outbox, client_ids: list[int]) -> RecordDict:
+def make_task(run_config: str, server_round: int, outbox: Outbox, client_ids: list[int],
+              state_key: str = "") -> RecordDict:
     """The task for one node: `client_ids` (a subset of the outbox's clients), each distinct
-    payload once."""
+    payload once; `state_key` names the run's client-state store."""
     content = RecordDict()
     blobs: dict[int, int] = {}            # id(state) -> blob index
     refs: dict[str, list[int]] = {}
@@ -158,7 +161,7 @@ def make_task(run_config: str, server_round: int, outbox: Outbox, client_ids: li
                 content[f"{BLOB_PREFIX}{index}"] = to_record(state)
             refs.setdefault(part, [-1] * len(client_ids))[pos] = index
     cfg: dict[str, Any] = {RUN_CONFIG: run_config, CLIENT_IDS: [int(c) for c in client_ids], ROUND: int(server_round),
-                           PHASE: outbox.phase, EXPECT: sorted(outbox.expect)}
+                           PHASE: outbox.phase, EXPECT: sorted(outbox.expect), STATE_KEY: state_key}
     for part, indices in refs.items():
         cfg[f"{PART_PREFIX}{part}"] = indices
     keys = sorted({k for cid in client_ids for k in outbox.plans.get(cid, {})})
@@ -185,6 +188,7 @@ class Task:
         self.server_round = int(cfg[ROUND])
         self.phase = str(cfg[PHASE])
         self.expect: tuple[str, ...] = tuple(str(p) for p in _as_list(cfg.get(EXPECT, [])) if p)
+        self.state_key = str(cfg.get(STATE_KEY, ""))
         self._pos = {cid: i for i, cid in enumerate(self.client_ids)}
         self._refs = {k[len(PART_PREFIX):]: _as_list(v) for k, v in cfg.items() if k.startswith(PART_PREFIX)}
         self._plans = {k[len(PLAN_PREFIX):]: _as_list(v) for k, v in cfg.items() if k.startswith(PLAN_PREFIX)}
@@ -405,6 +409,23 @@ class ByteLedger:
             {"round": r, "direction": d, "client": c, "bytes": b, "part": p, "peer": s}
             for (r, d, c, p, s), b in sorted(self._per_client.items())
         ]
+
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The ledger as columns (a checkpoint stores them without pickle)."""
+        keys = sorted(self._per_client)
+        return {"round": np.array([k[0] for k in keys], np.int64), "direction": np.array([k[1] for k in keys], dtype="U8"),
+                "client": np.array([k[2] for k in keys], np.int64), "part": np.array([k[3] for k in keys], dtype="U64"),
+                "peer": np.array([k[4] for k in keys], np.int64),
+                "bytes": np.array([self._per_client[k] for k in keys], np.int64)}
+
+    @classmethod
+    def from_arrays(cls, cols: Mapping[str, np.ndarray]) -> ByteLedger:
+        ledger = cls()
+        for r, d, c, p, s, b in zip(*(cols[k].tolist() for k in ("round", "direction", "client", "part", "peer", "bytes")),
+                                    strict=True):
+            ledger.add(int(r), str(d), int(c), int(b), str(p), peer=int(s))
+        return ledger
 
 
 def clients_in(msg: Message) -> int:

@@ -221,8 +221,11 @@ class ClientStateStore:
 
     Personalised methods keep a client's own state between rounds here instead of in
     Flower's `context.state` (shipped with every message) or in live modules. Each
-    file records the round that wrote it, so a node can tell "never trained" from
-    "trained, but the state is not here" (another machine's disk) and "stale".
+    file is one version, named by the round that wrote it: the server says which
+    version it accepted last (a rejected update must not become the client's state)
+    and which one its last checkpoint names (a resumed run goes back to it), so a node
+    can tell "never trained" from "trained, but the state is not here" (another
+    machine's disk) and from "stale", and keeps only the versions still asked for.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -230,38 +233,51 @@ class ClientStateStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_run(cls, run_id: int, run_config: str, base: str | os.PathLike = "") -> ClientStateStore:
-        """Keyed by Flower run and by our config: one simulation may host a whole sweep.
+    def for_run(cls, run_key: int | str, config_hash: str, base: str | os.PathLike = "") -> ClientStateStore:
+        """Keyed by the run (the server's state key, which a resumed run keeps) and by the config's
+        identity (one simulation may host a whole sweep; `resume` or `out` do not change it).
         `base`: a directory every node that may handle the client reaches ("" = system temp)."""
-        key = hashlib.sha256(run_config.encode()).hexdigest()[:16]
         root = Path(base) if base else Path(tempfile.gettempdir()) / "fedmoe-sim-state"
-        return cls(root / f"{run_id}-{key}")
+        return cls(root / f"{run_key}-{config_hash}")
 
-    def _path(self, cid: int, kind: str) -> Path:
-        return self.root / f"{kind}-{cid}.npz"
+    def _path(self, cid: int, kind: str, server_round: int) -> Path:
+        return self.root / f"{kind}-{cid}.r{server_round}.npz"
+
+    def versions(self, cid: int, kind: str = "expert") -> list[int]:
+        """Rounds of the stored versions of this client's state, oldest first."""
+        prefix = f"{kind}-{cid}.r"
+        found = []
+        for path in self.root.glob(f"{prefix}*.npz"):
+            digits = path.name[len(prefix):-len(".npz")]
+            if digits.isdigit():
+                found.append(int(digits))
+        return sorted(found)
 
     def load(self, cid: int, kind: str = "expert", at_least: int = 0) -> State | None:
         """The client's stored arrays of this kind (its expert by default).
 
-        `at_least`: the round the server last saw this client train (0 = never, and None
-        if nothing is stored); above 0 the state must exist and be at least that recent,
-        or `MissingStateError`.
+        `at_least`: the round the server last accepted this client's training (0 = never:
+        the newest version, or None if nothing is stored); above 0 exactly that version
+        must exist, or `MissingStateError` says what is there instead.
         """
-        path = self._path(cid, kind)
-        if not path.exists():
-            if at_least > 0:
-                raise MissingStateError(f"no stored {kind} for client {cid} under {self.root} (trained in round {at_least})")
-            return None
-        with np.load(path, allow_pickle=False) as z:
+        have = self.versions(cid, kind)
+        if at_least <= 0:
+            if not have:
+                return None
+            at_least = have[-1]
+        elif at_least not in have:
+            there = f"versions from rounds {have}" if have else "nothing"
+            raise MissingStateError(f"no stored {kind} of client {cid} from round {at_least} under {self.root} "
+                                    f"({there}); the server accepted its training in round {at_least}")
+        with np.load(self._path(cid, kind, at_least), allow_pickle=False) as z:
             state = {k: z[k] for k in z.files}
-        written = int(state.pop(STATE_ROUND_KEY, np.array(0)))
-        if written < at_least:
-            raise MissingStateError(f"stored {kind} of client {cid} is from round {written}, "
-                                    f"the server saw it train in round {at_least}")
+        state.pop(STATE_ROUND_KEY, None)
         return state
 
-    def save(self, cid: int, state: State, kind: str = "expert", server_round: int = 0) -> None:
-        path = self._path(cid, kind)
+    def save(self, cid: int, state: State, kind: str = "expert", server_round: int = 0,
+             keep: tuple[int, ...] = ()) -> None:
+        """Write this round's version, then drop every other version not in `keep`."""
+        path = self._path(cid, kind, server_round)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
         with open(tmp, "wb") as f:
             np.savez(f, **state, **{STATE_ROUND_KEY: np.array(server_round, np.int64)})
@@ -273,3 +289,6 @@ class ClientStateStore:
             os.fsync(dir_fd)   # the rename itself survives a crash
         finally:
             os.close(dir_fd)
+        for old in self.versions(cid, kind):
+            if old != server_round and old not in keep:
+                self._path(cid, kind, old).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedmoe_sim import wire
-from fedmoe_sim.aggregation import weighted_average
+from fedmoe_sim.aggregation.robust import aggregate
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
@@ -37,6 +37,7 @@ class Strategy:
     """Defaults: train and evaluate the sampled clients with nothing sent and nothing expected."""
 
     stateful = False    # clients keep state between rounds: every task tells them which round it is from
+    transient = ("fed", "ws")   # attributes a checkpoint does not hold (rebuilt by __init__); all others it does
 
     def __init__(self, fed: Federation, ws: Workspace) -> None:
         self.fed, self.ws = fed, ws
@@ -49,6 +50,23 @@ class Strategy:
     def expert_spec(self) -> dict[str, wire.PartSpec]:
         """The single-expert methods' reply: the expert part of the (one) model family."""
         return {EXPERT: wire.PartSpec.of(self.ws.model.part_spec(EXPERT))}
+
+    def average(self, results: list[wire.ClientResult], part: str, previous: wire.State) -> wire.State:
+        """`part` aggregated over the valid results by the run's rule (federation.aggregate)."""
+        fed = self.fed.cfg.federation
+        return average_part(results, part, previous, fed.aggregate, fed.trim_fraction)
+
+    # -- checkpoints --------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, object]:
+        """Every attribute but the transient ones: what the server knows after a round
+        (experts, gates, plans, per-client numbers). `fedmoe_sim.checkpoint` refuses, by
+        name, a value it cannot store, so new state is never dropped silently."""
+        skip = {name for cls in type(self).__mro__ for name in getattr(cls, "transient", ())}
+        return {k: v for k, v in vars(self).items() if k not in skip}
+
+    def restore(self, state: dict[str, object]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def outbox(self, phase: str, clients: list[int]) -> wire.Outbox:
         box = wire.Outbox(phase, list(clients))
@@ -85,10 +103,12 @@ def personalised_metrics(metrics: Metrics, per_client: dict[int, Metrics]) -> Me
     return metrics
 
 
-def average_part(results: list[wire.ClientResult], part: str, previous: wire.State) -> wire.State:
-    """The example-weighted average of one part over the valid results, or `previous` when no
-    result carries an example (nobody valid, or every client empty): a round never fails on it."""
+def average_part(results: list[wire.ClientResult], part: str, previous: wire.State, rule: str = "mean",
+                 trim: float = 0.1) -> wire.State:
+    """One part aggregated over the valid results that carry examples (example-weighted mean,
+    or a coordinate-wise median / trimmed mean), or `previous` when none does (nobody valid,
+    or every client empty): a round never fails on it."""
     weighted = [(r.part(part), r.metrics[wire.NUM_EXAMPLES]) for r in results if r.metrics[wire.NUM_EXAMPLES] > 0]
     if not weighted:
         return previous
-    return weighted_average([state for state, _ in weighted], [w for _, w in weighted])
+    return aggregate([state for state, _ in weighted], [w for _, w in weighted], rule, trim)

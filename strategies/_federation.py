@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from typing import Any
 
+import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedmoe_sim import wire
+from fedmoe_sim import faults, wire
+from fedmoe_sim.aggregation.robust import outliers_above, update_norm
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.metrics import summarise_evaluation, summarise_training
 from fedmoe_sim.sampling import client_schedule, shard
@@ -39,6 +43,9 @@ class Federation:
         self.nodes: list[int] = []
         self.node_of_client: dict[int, int] = {}
         self.trained_round: dict[int, int] = {}   # client -> round of its last accepted training
+        self.pinned_round: dict[int, int] = {}    # the same at the last checkpoint: clients keep that version
+        self.state_key = uuid.uuid4().hex[:16]    # names the clients' state store; a resumed run keeps it
+        self.events: dict[str, Any] = {}          # this round's injected / rejected / missed (the record)
 
     # -- nodes --------------------------------------------------------------
     def connect(self, grid: Grid) -> None:
@@ -91,8 +98,23 @@ class Federation:
         """Tell each client of a stateful method which round its stored state must come from,
         so a node that cannot find it reports that instead of starting again."""
         for cid in outbox.clients:
-            outbox.plan(cid, **{wire.STATE_ROUND: self.trained_round.get(cid, 0)})
+            outbox.plan(cid, **{wire.STATE_ROUND: self.trained_round.get(cid, 0),
+                                wire.STATE_PIN: self.pinned_round.get(cid, 0)})
         return outbox
+
+    # -- the record -----------------------------------------------------------
+    def begin_round(self, server_round: int) -> None:
+        self.events = {"round": server_round, "rejected": {}, "missed": {}}
+        if self.cfg.faults.any:
+            self.events["injected"] = faults.injected(self.cfg.faults, self.cfg.seed, server_round,
+                                                      self.train_cohort(server_round))
+
+    def event_counts(self) -> dict[str, float]:
+        """This round's numbers for rounds.jsonl: what was injected, rejected and missed."""
+        out = {f"faults/{kind}": float(len(cids)) for kind, cids in self.events.get("injected", {}).items()}
+        out["rejected-updates"] = float(sum(len(v) for v in self.events["rejected"].values()))
+        out["missed-clients"] = float(sum(len(v["clients"]) for v in self.events["missed"].values()))
+        return out
 
     # -- messages -----------------------------------------------------------
     def messages(self, server_round: int, outbox: wire.Outbox) -> list[Message]:
@@ -108,14 +130,17 @@ class Federation:
                         self.ledger.add(server_round, wire.DOWN, cid, wire.state_nbytes(state), part)
                     else:
                         self.ledger.add(server_round, wire.P2P, cid, wire.state_nbytes(state), part, peer=source)
-            content = wire.make_task(self.run_config, server_round, outbox, cids)
+            content = wire.make_task(self.run_config, server_round, outbox, cids, self.state_key)
             out.append(Message(content, node, message_type))
         return out
 
     def collect(self, server_round: int, replies, outbox: wire.Outbox) -> wire.Unpacked:
         """Valid per-client results; the bytes of accepted and rejected parts alike are booked."""
+        replies = list(replies)
         asked_of = {node: set(cids) for node, cids in self.placement(sorted(outbox.clients)).items()}
-        got = wire.read_replies(list(replies), outbox.expect, outbox.clients, asked_of)
+        got = wire.read_replies(replies, outbox.expect, outbox.clients, asked_of)
+        self.screen(got, outbox)
+        self._note(outbox, got, asked_of, replies)
         for (cid, part), nbytes in got.uploaded.items():
             spec = outbox.expect.get(part)
             self.ledger.add(server_round, wire.RELAY if spec is not None and spec.relay else wire.UP, cid, nbytes, part)
@@ -130,6 +155,59 @@ class Federation:
             for r in got.results:
                 self.trained_round[r.client_id] = server_round
         return got
+
+    def screen(self, got: wire.Unpacked, outbox: wire.Outbox) -> None:
+        """Reject, beside the malformed, the outliers every method must not average: a
+        num-examples far above the round's median, and a part whose update (from what this
+        client was sent, else from zero) is far longer than the round's median update."""
+        fed = self.cfg.federation
+        bad: dict[int, str] = {}
+        counts = [r.metrics[wire.NUM_EXAMPLES] for r in got.results]
+        for i in outliers_above(counts, fed.max_examples_ratio):
+            bad[got.results[i].client_id] = (f"num-examples {counts[i]:g} is above {fed.max_examples_ratio:g}x "
+                                             f"the round's median ({float(np.median(counts)):g})")
+        for part in sorted(outbox.expect):
+            holders = [r for r in got.results if part in r.parts]
+            norms = [update_norm(r.parts[part], outbox.parts_of(r.client_id).get(part)) for r in holders]
+            for i in outliers_above(norms, fed.norm_bound):
+                bad.setdefault(holders[i].client_id, f"{part} update norm {norms[i]:.3g} is above {fed.norm_bound:g}x "
+                                                     f"the round's median ({float(np.median(norms)):.3g})")
+        for cid, reason in sorted(bad.items()):
+            log.warning("rejected update of client %d: %s", cid, reason)
+        got.rejected.update(bad)
+        got.results = [r for r in got.results if r.client_id not in bad]
+
+    def _note(self, outbox: wire.Outbox, got: wire.Unpacked, asked_of: dict[int, set[int]], replies: list) -> None:
+        """Book this phase's rejections and the clients (and nodes) that never answered."""
+        if not self.events:
+            self.begin_round(0)
+        if got.rejected:
+            self.events["rejected"][outbox.phase] = {int(c): why for c, why in sorted(got.rejected.items())}
+        answered = {r.client_id for r in got.results} | set(got.rejected)
+        missed = sorted(set(outbox.clients) - answered)
+        if missed:
+            replied = {m.metadata.src_node_id for m in replies}
+            nodes = sorted(int(n) for n in asked_of if n not in replied)
+            self.events["missed"][outbox.phase] = {"clients": missed, "nodes": nodes}
+            log.warning("%s: %d client(s) did not answer (%s)%s", outbox.phase, len(missed),
+                        ", ".join(map(str, missed[:10])) + (" ..." if len(missed) > 10 else ""),
+                        f"; node(s) {nodes} sent no reply" if nodes else "")
+
+    # -- checkpoint -------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs from the federation (the schedules are derived from the seed)."""
+        return {"trained_round": dict(self.trained_round), "state_key": self.state_key,
+                "ledger": self.ledger.to_arrays()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.trained_round = {int(k): int(v) for k, v in state["trained_round"].items()}
+        self.pinned_round = dict(self.trained_round)
+        self.state_key = str(state["state_key"])
+        self.ledger = wire.ByteLedger.from_arrays(state["ledger"])
+
+    def pin(self) -> None:
+        """A checkpoint was written: clients may drop state versions older than it needs."""
+        self.pinned_round = dict(self.trained_round)
 
     # -- metrics ------------------------------------------------------------
     def train_metrics(self, got: wire.Unpacked) -> dict[str, float]:

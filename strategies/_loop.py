@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Iterable
 from functools import partial
+from pathlib import Path
 
+import numpy as np
+import torch
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedmoe_sim import wire
+from fedmoe_sim import checkpoint, wire
+from fedmoe_sim.checkpoint import CHECKPOINT
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.progress import Progress, format_seconds
 from fedmoe_sim.results import RunRecorder, RunSummary
@@ -64,15 +69,27 @@ def warm_up(grid: Grid, timeout: float) -> None:
 
 
 def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
-    """Run `method` (an experiments.registry.Method) for cfg.federation.rounds rounds."""
+    """Run `method` (an experiments.registry.Method) for cfg.federation.rounds rounds; with
+    cfg.resume, from the run directory's last checkpoint (if it has one)."""
     t_start = time.monotonic()
     ws = get_workspace(cfg)
     fed = Federation(cfg, ws.benchmark.domain_names)
     strategy = method.strategy(fed, ws)
-    recorder = RunRecorder(cfg.out, json.loads(cfg.to_json()), cfg.identity_hash()) if cfg.out else None
-    fed.connect(grid)
     rounds, timeout = cfg.federation.rounds, cfg.federation.round_timeout
-    progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress)
+    saved = resume_point(cfg)
+    first_round = 1
+    last: dict[str, float] = {}
+    if saved is not None:
+        fed.restore(saved["federation"])
+        strategy.restore(saved["strategy"])
+        _set_rng(saved["rng"])
+        first_round, last = int(saved["round"]) + 1, dict(saved["last"])
+        t_start -= float(saved["wall_s"])
+        log.info("resuming %s seed %d from its round-%d checkpoint", cfg.strategy, cfg.seed, first_round - 1)
+    recorder = RunRecorder(cfg.out, json.loads(cfg.to_json()), cfg.identity_hash(),
+                           resume_after=first_round - 1 if saved is not None else None) if cfg.out else None
+    fed.connect(grid)
+    progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress, first_round=first_round)
 
     def exchange(outbox: wire.Outbox, server_round: int) -> wire.Unpacked:
         replies = push_pull(grid, fed.messages(server_round, outbox), timeout, progress, server_round, outbox.phase)
@@ -82,12 +99,13 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
         outbox = strategy.configure_evaluate(server_round)
         return {} if outbox is None else strategy.aggregate_evaluate(server_round, exchange(outbox, server_round))
 
-    last: dict[str, float] = {}
     if rounds == 0:
+        fed.begin_round(0)
         last = {"round": 0, **evaluate(0)}
         last.update(strategy.finish(0, partial(exchange, server_round=0)))
         _record(recorder, fed, last, t_start)
-    for server_round in range(1, rounds + 1):
+    for server_round in range(first_round, rounds + 1):
+        fed.begin_round(server_round)
         step = partial(exchange, server_round=server_round)
         got = step(strategy.configure_train(server_round))
         row: dict[str, float] = {"round": server_round, **strategy.aggregate_train(server_round, got)}
@@ -98,6 +116,9 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
             row.update(strategy.finish(server_round, step))
         _record(recorder, fed, row, t_start)
         last = row
+        if recorder is not None and server_round < rounds and cfg.federation.checkpoint_every and \
+                server_round % cfg.federation.checkpoint_every == 0:
+            save_checkpoint(cfg, server_round, fed, strategy, row, time.monotonic() - t_start)
         acc = row.get("acc-mean")
         progress.round_done(server_round, len(fed.train_cohort(server_round)),
                             f"acc {100 * acc:.1f}%" if acc is not None else "")
@@ -105,12 +126,51 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
     if recorder is not None:
         recorder.ledger(fed.ledger.rows())   # once: rewriting it every round grows with rounds x clients
         recorder.finish(summary)
+        (Path(cfg.out) / CHECKPOINT).unlink(missing_ok=True)   # summary.json now marks the run finished
     log.info("run finished in %s", format_seconds(summary.wall_s))
     return summary
 
 
+# -- checkpoints -------------------------------------------------------------
+def resume_point(cfg: RunConfig) -> dict | None:
+    """The checkpoint to continue from: only with cfg.resume and a checkpoint in cfg.out,
+    which must be of this config (its hash) and not past the last round."""
+    if not (cfg.resume and cfg.out and (Path(cfg.out) / CHECKPOINT).exists()):
+        return None
+    saved = checkpoint.load(Path(cfg.out) / CHECKPOINT)
+    if saved.get("config_hash") != cfg.identity_hash():
+        raise checkpoint.CheckpointError(f"{cfg.out}/{CHECKPOINT} is of another config (hash {saved.get('config_hash')}, "
+                                         f"this one {cfg.identity_hash()})")
+    if not 0 < int(saved["round"]) < cfg.federation.rounds:
+        raise checkpoint.CheckpointError(f"{cfg.out}/{CHECKPOINT} is from round {saved['round']}, outside "
+                                         f"1..{cfg.federation.rounds - 1}")
+    return saved
+
+
+def save_checkpoint(cfg: RunConfig, server_round: int, fed: Federation, strategy, row: dict, wall_s: float) -> None:
+    """Everything the next round depends on, in one atomic file; then let clients drop older
+    state versions (the pin moves only once the checkpoint that needs it is on disk)."""
+    checkpoint.save(Path(cfg.out) / CHECKPOINT, {
+        "round": server_round, "config_hash": cfg.identity_hash(), "federation": fed.checkpoint_state(),
+        "strategy": strategy.checkpoint_state(), "rng": _get_rng(), "last": row, "wall_s": wall_s})
+    fed.pin()
+
+
+def _get_rng() -> dict:
+    """The process-global generators. Every draw of ours derives from the seed, so none should
+    matter; kept so that one that does (a library's) still resumes exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
 def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float], t_start: float) -> None:
     rnd = int(row["round"])
+    row.update(fed.event_counts())
     acc = row.get("server-eval/acc-mean", row.get("client-eval/acc-mean"))
     if acc is not None:
         row["acc-mean"] = acc   # this round's headline: the final model's evaluation where there is one
@@ -120,6 +180,7 @@ def _record(recorder: RunRecorder | None, fed: Federation, row: dict[str, float]
     row["wall-s"] = round(time.monotonic() - t_start, 3)
     if recorder is not None:
         recorder.round(row)
+        recorder.event(fed.events)
 
 
 def _summary(cfg: RunConfig, last: dict[str, float], fed: Federation, per_client: dict[int, dict[str, float]],

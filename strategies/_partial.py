@@ -26,7 +26,7 @@ from __future__ import annotations
 from fedmoe_sim import wire
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Metrics, Strategy, average_part, personalised_metrics
+from strategies._base import Metrics, Strategy, personalised_metrics
 from strategies._federation import Federation
 
 
@@ -73,7 +73,7 @@ class SharedPartStrategy(Strategy):
         return box
 
     def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
-        self.shared = average_part(got.results, self.part, self.shared)
+        self.shared = self.average(got.results, self.part, self.shared)
         return self.fed.train_metrics(got)
 
     def aggregate_evaluate(self, server_round: int, got: wire.Unpacked) -> Metrics:

@@ -16,7 +16,7 @@ from fedmoe_sim import wire
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import WHOLE
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Metrics, Strategy, average_part
+from strategies._base import Metrics, Strategy
 from strategies._federation import Federation
 
 
@@ -38,7 +38,7 @@ class FedAvgStrategy(Strategy):
         return box
 
     def aggregate_train(self, server_round: int, got: wire.Unpacked) -> Metrics:
-        self.global_expert = average_part(got.results, WHOLE, self.global_expert)
+        self.global_expert = self.average(got.results, WHOLE, self.global_expert)
         return self.fed.train_metrics(got)
 
     def configure_evaluate(self, server_round: int) -> wire.Outbox:

@@ -26,7 +26,7 @@ from fedmoe_sim.aggregation import fedmoe_da as da
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.client_moe import EXPERTS, GATE, expert_keys, gate_proxies
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Exchange, Metrics, Strategy, average_part, personalised_metrics
+from strategies._base import Exchange, Metrics, Strategy, personalised_metrics
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
@@ -34,6 +34,7 @@ SYNC = "sync"                         # the phase after training: plans out, exp
 
 
 class FedMoEDAStrategy(Strategy):
+    transient = ("dcfg",)   # config, rebuilt by __init__
     stateful = True
 
     def __init__(self, fed: Federation, ws: Workspace) -> None:
@@ -78,7 +79,7 @@ class FedMoEDAStrategy(Strategy):
         if self.dcfg.gate == "personal":
             self.last_gate.update({r.client_id: g for r, g in zip(got.results, gates, strict=True)})
         if self.dcfg.gate == "fedavg":
-            self.gate = average_part(got.results, GATE, self.gate)
+            self.gate = self.average(got.results, GATE, self.gate)
         self.experts = {r.client_id: r.part(EXPERTS) for r in got.results if EXPERTS in r.parts}
         if self.dcfg.top_p > 0 and (not self.plans or da.plan_due(server_round, self.dcfg.every)):
             layers = self.ws.model.num_layers

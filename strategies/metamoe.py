@@ -30,7 +30,7 @@ from fedmoe_sim import wire
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
-from strategies._base import Exchange, Metrics, Strategy, average_part
+from strategies._base import Exchange, Metrics, Strategy
 from strategies._federation import Federation
 from strategies.fedavg import FedAvgStrategy
 
@@ -39,6 +39,7 @@ UPLOAD = "upload"     # the client phase after the last round
 
 
 class MetaMoEStrategy(Strategy):
+    transient = ("mcfg",)   # config, rebuilt by __init__
     forced: dict = {}          # config values that define a variant (ablations, baselines)
     router_init = "routing"    # router rows from routing vectors ("random": BTX)
     needs_experts = True       # zero-shot skips the upload
@@ -77,7 +78,7 @@ class MetaMoEStrategy(Strategy):
         if self.per_domain:
             for d in self.domain_state:
                 mine = [r for r in got.results if self.domain_of[r.client_id] == d]
-                self.domain_state[d] = average_part(mine, EXPERT, self.domain_state[d])
+                self.domain_state[d] = self.average(mine, EXPERT, self.domain_state[d])
         return self.fed.train_metrics(got)
 
     def configure_evaluate(self, server_round: int) -> wire.Outbox:

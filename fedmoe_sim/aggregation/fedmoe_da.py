@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmoe_sim.checkpoint import checkpointable
+
 ZERO_NORM = 1e-12     # a proxy with a smaller L2 norm has no direction: cosine undefined
 MIXES = ("factors", "delta")
 
@@ -84,6 +86,7 @@ def proxy_similarity(proxies: np.ndarray) -> np.ndarray:
     return sim
 
 
+@checkpointable
 @dataclass(frozen=True, eq=False)
 class NeighbourPlan:
     """One MoE layer's mixing plan, as a sparse matrix in COO form (flat index i*E + m).

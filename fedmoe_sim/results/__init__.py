@@ -6,7 +6,7 @@ table and report, `plots` draws accuracy vs round / bytes and per-domain bars.
 Nothing here imports flwr or torch.
 """
 
-from .io import (RunRecorder, RunSummary, SCHEMA_VERSION, append_jsonl, atomic_write_json,
+from .io import (RunRecorder, RunSummary, SCHEMA_VERSION, append_jsonl, atomic_write_bytes, atomic_write_json,
                  atomic_write_text, machine_info, package_versions, read_jsonl, read_summary,
                  write_csv_atomic)
 from .plots import (accuracy_series, accuracy_vs_bytes_series, plot_accuracy_vs_bytes,
@@ -15,7 +15,7 @@ from .stats import mean_ci, paired_diff_ci, t_quantile
 from .tables import build_table, write_report, write_table
 
 __all__ = [
-    "RunRecorder", "RunSummary", "SCHEMA_VERSION", "append_jsonl", "atomic_write_json", "atomic_write_text",
+    "RunRecorder", "RunSummary", "SCHEMA_VERSION", "append_jsonl", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
     "machine_info", "package_versions", "read_jsonl", "read_summary", "write_csv_atomic",
     "accuracy_series", "accuracy_vs_bytes_series", "plot_accuracy_vs_bytes", "plot_accuracy_vs_round",
     "plot_per_domain_bars", "mean_ci", "paired_diff_ci", "t_quantile", "build_table", "write_report", "write_table",

@@ -11,6 +11,8 @@ Layout of a run directory (all written by `RunRecorder`):
     rounds.jsonl   one record per round, keyed by round and by where measured
     rounds.csv     the same rows as a table (round first, then sorted keys)
     ledger.csv     the byte ledger, one row per round / direction / client
+    events.jsonl   per round: faults injected, updates rejected (client -> reason), clients and nodes missed
+    checkpoint.npz the server's state after the last checkpointed round (--resume); removed once finished
     summary.json   `RunSummary` + status "complete"; absent until the run finished
 """
 
@@ -32,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-CONFIG, ROUNDS_JSONL, ROUNDS_CSV, LEDGER, SUMMARY = (
-    "config.json", "rounds.jsonl", "rounds.csv", "ledger.csv", "summary.json")
+CONFIG, ROUNDS_JSONL, ROUNDS_CSV, LEDGER, SUMMARY, EVENTS = (
+    "config.json", "rounds.jsonl", "rounds.csv", "ledger.csv", "summary.json", "events.jsonl")
 _VERSIONED = ("torch", "flwr", "numpy", "fedmoe-sim")
 
 
@@ -76,6 +78,10 @@ def _atomic_replace(path: str | os.PathLike, write: Any, mode: str = "w") -> Pat
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` so readers see the old file or the new one, never a torn mix."""
     return _atomic_replace(path, lambda f: f.write(text))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic_replace(path, lambda f: f.write(data), "wb")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -257,21 +263,37 @@ def read_summary(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     return d if isinstance(d, dict) and d.get("status") == "complete" else None
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class RunRecorder:
     """Writes one run directory as the server loop goes; only this class writes run files.
 
     Starting a recorder removes a stale summary.json first, so a directory is
     never marked complete while a (re)run is writing into it, and restarts
-    rounds.jsonl: a run is recorded from round one or not at all.
+    rounds.jsonl: a run is recorded from round one or not at all. A resumed run
+    (`resume_after=K`, the checkpoint's round) keeps the records of rounds 1..K and
+    drops any later ones, which the killed process wrote past its checkpoint.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, config_dict: dict[str, Any], config_hash: str) -> None:
+    def __init__(self, out_dir: str | os.PathLike, config_dict: dict[str, Any], config_hash: str,
+                 resume_after: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.config_hash = config_hash
         self._t0 = time.monotonic()
         self._rows: list[dict[str, Any]] = []
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (SUMMARY, ROUNDS_JSONL, ROUNDS_CSV, LEDGER):
+        (self.out_dir / SUMMARY).unlink(missing_ok=True)
+        if resume_after is not None:
+            self._rows = self._keep_until(ROUNDS_JSONL, resume_after)
+            self._keep_until(EVENTS, resume_after)
+            (self.out_dir / LEDGER).unlink(missing_ok=True)
+            recorded = json.loads((self.out_dir / CONFIG).read_text())
+            recorded.setdefault("resumed", []).append({"after_round": resume_after, "at": _now()})
+            atomic_write_json(self.out_dir / CONFIG, recorded)
+            return
+        for name in (ROUNDS_JSONL, ROUNDS_CSV, LEDGER, EVENTS):
             (self.out_dir / name).unlink(missing_ok=True)
         atomic_write_json(self.out_dir / CONFIG, {
             "schema_version": SCHEMA_VERSION,
@@ -280,8 +302,19 @@ class RunRecorder:
             "seed": config_dict.get("seed"),
             "versions": package_versions(),
             "machine": machine_info(),
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": _now(),
         })
+
+    def _keep_until(self, name: str, last_round: int) -> list[dict[str, Any]]:
+        """Rewrite a JSONL record keeping rounds <= last_round; returns the kept rows."""
+        path = self.out_dir / name
+        rows = [r for r in read_jsonl(path) if r.get("round", 0) <= last_round] if path.exists() else []
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows))
+        return rows
+
+    def event(self, record: dict[str, Any]) -> None:
+        """Log one round's events (injected, rejected, missed) to events.jsonl."""
+        append_jsonl(self.out_dir / EVENTS, record)
 
     @property
     def wall_s(self) -> float:

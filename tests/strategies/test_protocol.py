@@ -51,7 +51,9 @@ def test_every_method_gives_the_numbers_it_gave_before_the_protocol(name):
     summary = run_inprocess([cfg])[0]
     pinned = PINNED[name]
     assert cfg.identity_hash() == pinned["hash"]
-    assert {k: v for k, v in summary.final.items() if isinstance(v, float)} == pinned["final"]
+    final = {k: v for k, v in summary.final.items() if isinstance(v, float)}
+    assert (final.pop("rejected-updates"), final.pop("missed-clients")) == (0, 0)   # the record's later additions
+    assert final == pinned["final"]
     assert summary.per_client == pinned["per_client"]
     assert (summary.bytes_up, summary.bytes_down, summary.bytes_p2p) == \
         (pinned["bytes_up"], pinned["bytes_down"], pinned["bytes_p2p"])

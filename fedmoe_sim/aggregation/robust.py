@@ -1,0 +1,87 @@
+"""Robust aggregation and update screening, as pure numpy over state dicts.
+
+Why here and not in a strategy: every method that averages a part (FedAvg's
+model, MetaMoE's per-domain experts, FedMoE-DA's gate, LG-FedAvg's head) and
+every method that receives uploads at all needs the same defences; the server
+glue calls these once (`strategies._federation.Federation.screen`,
+`strategies._base.average_part`).
+
+- `coordinate_median` / `trimmed_mean` (Yin et al. 2018): per coordinate, the
+  median, or the mean after cutting a share from each end. Both ignore example
+  counts on purpose: a weight is exactly what a hostile client would inflate.
+- `outliers_above`: indices whose value exceeds `bound` x the median of all, the
+  test behind the norm bound and the num-examples cap. A median needs 3 values to
+  out-vote one bad one, so fewer never flags anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmoe_sim.aggregation.average import State, weighted_average
+
+MIN_TO_JUDGE = 3   # values needed before a median can out-vote one outlier
+
+
+def _stacked(states: list[State]) -> dict[str, np.ndarray]:
+    if not states:
+        raise ValueError("robust aggregation needs at least one state")
+    keys = sorted(states[0])
+    for s in states[1:]:
+        if sorted(s) != keys:
+            raise ValueError("states to aggregate have different keys")
+    return {k: np.stack([np.asarray(s[k], dtype=np.float64) for s in states]) for k in keys}
+
+
+def coordinate_median(states: list[State]) -> State:
+    """Per coordinate, the median over clients (dtype of the first state kept)."""
+    return {k: np.median(v, axis=0).astype(states[0][k].dtype) for k, v in _stacked(states).items()}
+
+
+def trimmed_mean(states: list[State], trim: float) -> State:
+    """Per coordinate, drop the floor(trim * n) smallest and largest values, average the rest."""
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5) (got {trim})")
+    n = len(states)
+    cut = int(np.floor(trim * n))
+    out: State = {}
+    for k, v in _stacked(states).items():
+        kept = np.sort(v, axis=0)[cut:n - cut]
+        out[k] = kept.mean(axis=0).astype(states[0][k].dtype)
+    return out
+
+
+def aggregate(states: list[State], weights: list[float], rule: str = "mean", trim: float = 0.1) -> State:
+    """One aggregation rule by name: "mean" (weighted by `weights`), "median", "trimmed-mean"."""
+    if rule == "mean":
+        return weighted_average(states, weights)
+    if rule == "median":
+        return coordinate_median(states)
+    if rule == "trimmed-mean":
+        return trimmed_mean(states, trim)
+    raise ValueError(f"unknown aggregation rule {rule!r}; one of mean, median, trimmed-mean")
+
+
+def update_norm(state: State, reference: State | None = None) -> float:
+    """L2 norm over all floating arrays of `state - reference` (of `state` when there is no
+    reference, or the reference does not match it)."""
+    total = 0.0
+    for k, a in state.items():
+        a = np.asarray(a)
+        if a.dtype.kind not in "fc":
+            continue
+        ref = None if reference is None else reference.get(k)
+        d = a.astype(np.float64) - (ref.astype(np.float64) if ref is not None and ref.shape == a.shape else 0.0)
+        total += float(np.vdot(d, d).real)
+    return float(np.sqrt(total))
+
+
+def outliers_above(values: list[float], bound: float) -> list[int]:
+    """Indices of values above `bound` x the median (none for bound 0, fewer than
+    MIN_TO_JUDGE values, or a zero median)."""
+    if bound <= 0 or len(values) < MIN_TO_JUDGE:
+        return []
+    median = float(np.median(values))
+    if not median > 0:
+        return []
+    return [i for i, v in enumerate(values) if v > bound * median]
