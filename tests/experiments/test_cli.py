@@ -27,6 +27,13 @@ from experiments.cli import main
         (["run", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["show", "nope"], "unknown experiment 'nope'"),
+        (["run", "--faults", "crash=2"], "faults.crash must be a probability in [0, 1] (got 2.0)"),
+        (["run", "--faults", "boom=0.1"], "--faults expects KIND=P with KIND one of crash, hang, corrupt, slow"),
+        (["run", "--faults", "crash=0.6,hang=0.6"], "probabilities that sum to <= 1"),
+        (["run", "--resume", "/no/such/run"], "--resume /no/such/run: no fedmoe-sim run there (no config.json)"),
+        (["run", "--set", "federation.aggregate=max"], "federation.aggregate must be one of mean, median, trimmed-mean"),
+        (["run", "--set", "federation.norm_bound=0.5"], "federation.norm_bound must be > 1"),
+        (["run", "--set", "federation.trim_fraction=0.5"], "federation.trim_fraction must be in [0, 0.5)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys):

@@ -83,3 +83,19 @@ def test_runs_of_one_seed_with_different_partitions_are_refused():
     check_identical_partitions(ok)
     with pytest.raises(RuntimeError, match="different partitions"):
         check_identical_partitions(ok + [{"seed": 1, "data_fingerprint": "c"}])
+
+
+def test_unfinished_runs_continue_from_their_checkpoints(tmp_path, monkeypatch):
+    """compare hands every run it still has to do to the runner with resume on: a run killed
+    mid-way continues from its checkpoint (tests/strategies/test_resume.py: to the same numbers)."""
+    import experiments.runner as runner
+
+    seen = []
+
+    def fake_run_many(cfgs, prefix=None, show_progress=True):
+        seen.extend(cfgs)
+        raise KeyboardInterrupt        # stop before tables: only the hand-over is under test
+
+    monkeypatch.setattr(runner, "run_many", fake_run_many)
+    assert main(["compare", "--strategies", "fedavg,local", "--seeds", "0", "--out", str(tmp_path / "s"), *SMALL]) == 130
+    assert [c.strategy for c in seen] == ["fedavg", "local"] and all(c.resume for c in seen)
