@@ -27,7 +27,7 @@ def _handle(msg: Message, context: Context, evaluate: bool) -> Message:
     handler = None if phase.startswith("_") else getattr(client, phase, None)
     if not callable(handler) or (evaluate and task.phase != wire.EVALUATE):
         raise ValueError(f"strategy {cfg.strategy} has no client phase {task.phase!r}")
-    results = handler(get_workspace(cfg), task, context)
+    results = handler(get_workspace(cfg, context.node_config), task, context)   # node config: its own data-path
     if cfg.faults.any and task.phase == wire.TRAIN:
         results = faults.inject(cfg.faults, cfg.seed, task.server_round, results)
     return Message(wire.make_reply(results), reply_to=msg)

@@ -189,12 +189,26 @@ def workspace_key(cfg: RunConfig) -> tuple:
     return (cfg.data_key(), cfg.model, cfg.train, cfg.simulation.torch_threads)
 
 
-def get_workspace(cfg: RunConfig) -> Workspace:
-    """The process-wide workspace for cfg (built on first use, LRU of two)."""
-    key = workspace_key(cfg)
+def get_workspace(cfg: RunConfig, node_config: dict | None = None) -> Workspace:
+    """The process-wide workspace for cfg (built on first use, LRU of two). A node whose
+    node config names a `data-path` gets its own, in which the logical client it holds
+    (its partition-id) has the node's data instead of its partition (`data.node_data`)."""
+    from fedmoe_sim.data.node_data import NODE_DATA_DOMAIN, load_node_split, node_data_path
+
+    node = node_config or {}
+    data_path = node_data_path(node, cfg.federation.placement)
+    own = (data_path, int(node.get("partition-id", 0)), str(node.get(NODE_DATA_DOMAIN, ""))) if data_path else ()
+    key = (*workspace_key(cfg), *own)
     ws = _WORKSPACES.get(key)
     if ws is None:
         ws = Workspace(cfg)
+        if own:
+            pid = own[1]
+            if not 0 <= pid < len(ws.splits):
+                raise ValueError(f"node partition-id {pid} is not a client of this run (0..{len(ws.splits) - 1})")
+            ws.splits[pid] = load_node_split(data_path, ws.benchmark, pid, seed=cfg.seed, domain=own[2],
+                                             test_fraction=cfg.data.test_fraction,
+                                             default_domain=ws.splits[pid].domain)
         _WORKSPACES[key] = ws
         while len(_WORKSPACES) > _MAX_WORKSPACES:
             _WORKSPACES.popitem(last=False)

@@ -149,8 +149,8 @@ class Federation:
             raise StateLostError(
                 f"round {server_round}: client {cid}'s persistent state is missing ({why}); {len(got.lost_state)} "
                 f"client(s) affected. Every node must reach the client's state: keep federation.placement=partition "
-                f"(each client on its own node), or set federation.state_dir (or the node-config state-dir) to a "
-                f"directory all nodes share")
+                f"(each client on its own SuperNode), or set federation.state_dir (or the node-config state-dir) to a "
+                f"directory all nodes share (on a Ray cluster only the latter: any worker may get any message)")
         if outbox.phase == wire.TRAIN:
             for r in got.results:
                 self.trained_round[r.client_id] = server_round
