@@ -9,8 +9,9 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients import flower_native
 from experiments.registry import get_method
-from fedmoe_sim import faults, wire
+from fedmoe_sim import faults, interop, wire
 from fedmoe_sim.workspace import get_workspace, parse_run_config
 
 app = ClientApp()
@@ -19,7 +20,10 @@ app = ClientApp()
 def _handle(msg: Message, context: Context, evaluate: bool) -> Message:
     """The handler is the client module's function named by the task's phase ("train",
     "evaluate", or a method's own step such as MetaMoE's "upload"); Flower's evaluate
-    messages only ever carry the evaluate phase."""
+    messages only ever carry the evaluate phase. A message in Flower's standard layout (a Flower
+    strategy's, or ours under federation.wire=flower) goes to `clients.flower_native`."""
+    if interop.is_standard_task(msg.content):
+        return flower_native.handle(msg, context, evaluate)
     task = wire.read_task(msg.content)
     cfg = parse_run_config(task.run_config)
     client = get_method(cfg.strategy).client

@@ -102,13 +102,14 @@ def prepare_run(cfg: RunConfig) -> None:
     """Fail fast in this process on what would otherwise fail inside Ray workers (data, model, out dir)."""
     from experiments.registry import get_method
     from fedmoe_sim.workspace import get_workspace
+    from strategies._base import check_method
 
     method = get_method(cfg.strategy)
     if cfg.out:
         check_out_dir(Path(cfg.out), cfg)
     try:
         ws = get_workspace(cfg)  # builds data + model once; the in-process server reuses it
-        method.strategy.check_config(cfg, ws)
+        check_method(method.strategy, cfg, ws)
     except (ValueError, FileNotFoundError) as exc:  # unknown domain, missing dataset root, ...
         raise ConfigError(str(exc)) from None
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
 PLACEMENTS = ("shard", "partition")
+WIRES = ("fedmoe", "flower")
 AGGREGATES = ("mean", "median", "trimmed-mean")
 FAULT_KINDS = ("crash", "hang", "corrupt", "slow")
 CNN_FAMILIES = tuple(f"cnn-{k}" for k in range(1, 6))          # HeteroCNNModel CNN-k (FedGH / pFedMoE)
@@ -161,6 +162,9 @@ class FederationConfig:
                                        # (coordinate-wise, unweighted)
     trim_fraction: float = 0.1         # trimmed-mean: share cut from each end per coordinate, in [0, 0.5)
     checkpoint_every: int = 1          # with `out`: checkpoint server state every k rounds for --resume (0 = off)
+    wire: str = "fedmoe"               # message layout: fedmoe (ours, many logical clients per message) or flower
+                                       # (Flower's standard arrays/config/metrics: one client per node, placement
+                                       # partition, fedavg only; for ClientApps written for Flower's strategies)
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -187,6 +191,11 @@ class FederationConfig:
             _fail("federation.trim_fraction", self.trim_fraction, "in [0, 0.5)")
         if self.checkpoint_every < 0:
             _fail("federation.checkpoint_every", self.checkpoint_every, ">= 0 (0 = no checkpoints)")
+        if self.wire not in WIRES:
+            _fail("federation.wire", self.wire, f"one of {', '.join(WIRES)}")
+        if self.wire == "flower" and self.placement != "partition":
+            _fail("federation.placement", self.placement,
+                  "'partition' with federation.wire='flower' (Flower's standard messages carry one client per node)")
 
 
 @dataclass(frozen=True)
@@ -200,7 +209,7 @@ class SimulationConfig:
     vectorise_mib: int = 1024          # vectorised training: activation budget per worker; clients are chunked
                                        # so one step's estimated activations stay below it (results do not change)
     ray_address: str = ""              # "" = start a private local Ray; "auto" or HOST:PORT = attach to a running
-                                       # Ray cluster (`ray start --head`), workers spread over its nodes (docs/ray_cluster.md)
+                                       # Ray cluster, the workers spread over its nodes (docs/ray_cluster.md)
 
     def __post_init__(self) -> None:
         if self.ray_address and not self._is_ray_address(self.ray_address):
@@ -366,6 +375,7 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
                                   # no honest client of the recorded runs comes near these bounds (checked on
                                   # the pinned configs and the main job): they change nothing there
                                   "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
+                                  "federation.wire": "fedmoe",
                                   **{f"faults.{k}": 0.0 for k in FAULT_KINDS}}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method

@@ -68,6 +68,10 @@ STATE_PIN = "state-pin"      # plan key of stateful methods: that round as of th
 STATE_KEY = "state-key"      # task key: names the run's client-state store (kept by a resumed run)
 NODE_INFO = "node-info"      # query reply: the node's partition-id / num-partitions
 
+# Flower's standard layout (its built-in strategies, ClientApps written for them): one client per
+# message; fedmoe_sim.interop converts it to and from ours
+STD_ARRAYS, STD_CONFIG, STD_METRICS, STD_ROUND = "arrays", "config", "metrics", "server-round"
+
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
@@ -436,5 +440,6 @@ def clients_in(msg: Message) -> int:
     configs = content.config_records
     if TASK in configs:
         return len(_as_list(configs[TASK][CLIENT_IDS]))   # no need to decode any part
-    return sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX)) + \
+    ours = sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX)) + \
         sum(1 for name in configs if name.startswith(ERROR_PREFIX))
+    return ours or int(STD_CONFIG in configs or STD_METRICS in content.metric_records)   # standard: one client

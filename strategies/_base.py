@@ -24,7 +24,7 @@ import numpy as np
 
 from fedmoe_sim import wire
 from fedmoe_sim.aggregation.robust import aggregate
-from fedmoe_sim.config import RunConfig
+from fedmoe_sim.config import ConfigError, RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
 from fedmoe_sim.workspace import Workspace
 from strategies._federation import Federation
@@ -38,6 +38,8 @@ class Strategy:
 
     stateful = False    # clients keep state between rounds: every task tells them which round it is from
     transient = ("fed", "ws")   # attributes a checkpoint does not hold (rebuilt by __init__); all others it does
+    flower_wire = False  # every phase sends one part to all and takes at most one back, nothing kept on the
+                         # client: the method can speak Flower's standard layout (federation.wire = flower)
 
     def __init__(self, fed: Federation, ws: Workspace) -> None:
         self.fed, self.ws = fed, ws
@@ -45,7 +47,8 @@ class Strategy:
 
     @classmethod
     def check_config(cls, cfg: RunConfig, ws: Workspace) -> None:
-        """Raise ValueError for a config this method cannot run (called at the edge, before Ray starts)."""
+        """Raise ValueError for a config this method cannot run (called at the edge, before Ray
+        starts, through `check_method`)."""
 
     def expert_spec(self) -> dict[str, wire.PartSpec]:
         """The single-expert methods' reply: the expert part of the (one) model family."""
@@ -93,6 +96,23 @@ class Strategy:
     def finish(self, server_round: int, exchange: Exchange) -> Metrics:
         """Steps after the last round, e.g. a one-shot upload and a server-side model (no-op)."""
         return {}
+
+
+def check_method(strategy: type[Strategy], cfg: RunConfig, ws: Workspace | None) -> None:
+    """Everything that must hold before a run of `strategy` starts: a message layout it speaks,
+    then its own `check_config` (every edge calls this, so no method can skip the first)."""
+    check_wire(strategy, cfg)
+    strategy.check_config(cfg, ws)
+
+
+def check_wire(strategy: type[Strategy], cfg: RunConfig) -> None:
+    """ConfigError (one line) when the run's message layout is one the method cannot speak."""
+    if cfg.federation.wire == "flower" and not strategy.flower_wire:
+        from experiments.registry import METHODS
+
+        able = ", ".join(name for name, m in METHODS.items() if m.strategy.flower_wire)
+        raise ConfigError(f"federation.wire must be fedmoe for strategy {cfg.strategy} (got 'flower'): Flower's "
+                          f"standard layout carries one shared part per phase, which only {able} exchange")
 
 
 def personalised_metrics(metrics: Metrics, per_client: dict[int, Metrics]) -> Metrics:

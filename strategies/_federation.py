@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedmoe_sim import faults, wire
+from fedmoe_sim import faults, interop, wire
 from fedmoe_sim.aggregation.robust import outliers_above, update_norm
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.metrics import summarise_evaluation, summarise_training
@@ -46,6 +46,7 @@ class Federation:
         self.pinned_round: dict[int, int] = {}    # the same at the last checkpoint: clients keep that version
         self.state_key = uuid.uuid4().hex[:16]    # names the clients' state store; a resumed run keeps it
         self.events: dict[str, Any] = {}          # this round's injected / rejected / missed (the record)
+        self.flower_wire = fed.wire == "flower"   # Flower's standard layout (fedmoe_sim.interop), one client per node
 
     # -- nodes --------------------------------------------------------------
     def connect(self, grid: Grid) -> None:
@@ -67,6 +68,9 @@ class Federation:
             self._map_partitions(grid)
 
     def _map_partitions(self, grid: Grid) -> None:
+        if self.flower_wire:
+            self.node_of_client = interop.node_per_client(self.nodes, self.cfg.federation.num_clients)
+            return
         msgs = [Message(RecordDict(), node, MessageType.QUERY) for node in self.nodes]
         replies = grid.send_and_receive(msgs, timeout=self.cfg.federation.round_timeout)
         for reply in replies:
@@ -130,7 +134,8 @@ class Federation:
                         self.ledger.add(server_round, wire.DOWN, cid, wire.state_nbytes(state), part)
                     else:
                         self.ledger.add(server_round, wire.P2P, cid, wire.state_nbytes(state), part, peer=source)
-            content = wire.make_task(self.run_config, server_round, outbox, cids, self.state_key)
+            content = (interop.to_flower_task(self.run_config, server_round, outbox, cids) if self.flower_wire
+                       else wire.make_task(self.run_config, server_round, outbox, cids, self.state_key))
             out.append(Message(content, node, message_type))
         return out
 
@@ -138,6 +143,8 @@ class Federation:
         """Valid per-client results; the bytes of accepted and rejected parts alike are booked."""
         replies = list(replies)
         asked_of = {node: set(cids) for node, cids in self.placement(sorted(outbox.clients)).items()}
+        if self.flower_wire:
+            replies = interop.as_fedmoe_replies(replies, outbox, asked_of)
         got = wire.read_replies(replies, outbox.expect, outbox.clients, asked_of)
         self.screen(got, outbox)
         self._note(outbox, got, asked_of, replies)

@@ -29,6 +29,7 @@ from fedmoe_sim.config import RunConfig
 from fedmoe_sim.progress import Progress, format_seconds
 from fedmoe_sim.results import RunRecorder, RunSummary
 from fedmoe_sim.workspace import get_workspace
+from strategies._base import check_wire
 from strategies._federation import Federation
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def warm_up(grid: Grid, timeout: float) -> None:
 def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
     """Run `method` (an experiments.registry.Method) for cfg.federation.rounds rounds; with
     cfg.resume, from the run directory's last checkpoint (if it has one)."""
+    check_wire(method.strategy, cfg)   # also where no check_config ran first (the Python runner, tests)
     t_start = time.monotonic()
     ws = get_workspace(cfg)
     fed = Federation(cfg, ws.benchmark.domain_names)

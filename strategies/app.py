@@ -18,6 +18,7 @@ from experiments.catalogue import build_config
 from experiments.registry import get_method
 from fedmoe_sim.config import ConfigError, RunConfig
 from fedmoe_sim.workspace import get_workspace
+from strategies._base import check_method
 from strategies._loop import run_server, warm_up
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg = config_from_run_config(context.run_config)
         method = get_method(cfg.strategy)
-        method.strategy.check_config(cfg, get_workspace(cfg))
+        check_method(method.strategy, cfg, get_workspace(cfg))
     except (ConfigError, ValueError) as exc:
         log.error("bad run config: %s", exc)
         raise SystemExit(2) from None

@@ -21,6 +21,8 @@ from strategies._federation import Federation
 
 
 class FedAvgStrategy(Strategy):
+    flower_wire = True   # one global model each way: also speaks Flower's standard layout (fedmoe_sim.interop)
+
     def __init__(self, fed: Federation, ws: Workspace) -> None:
         super().__init__(fed, ws)
         self.global_expert = ws.initial_expert()
