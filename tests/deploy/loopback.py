@@ -52,7 +52,7 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.5):
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """All live descendants of `pid` (Linux /proc; elsewhere none are found)."""
     found, stack = [], [pid]
     while stack:
@@ -163,7 +163,7 @@ class Loopback:
         """Stop SuperNodes (and anything else) before SuperLinks, so that nodes can still sign off
         (stopped after their link they keep retrying); then every descendant; SIGKILL what is left."""
         tree = [p.pid for p in self.procs]
-        tree += [pid for top in list(tree) for pid in _descendants(top)]
+        tree += [pid for top in list(tree) for pid in descendants(top)]
         for batch in ([p for p in self.procs if p not in self.links], self.links):
             _signal_groups([p.pid for p in batch], signal.SIGTERM)
             deadline = time.monotonic() + self.grace

@@ -25,6 +25,7 @@ import pytest
 
 from experiments.runner import num_nodes
 from fedmoe_sim.config import ConfigError, resolve_config
+from tests.deploy.loopback import descendants
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -42,24 +43,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                children = [int(c) for c in Path(f"/proc/{parent}/task/{tid}/children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            stack += children
-    return found
 
 
 def _mentioning(text: str) -> list[int]:
@@ -98,7 +81,7 @@ def _stop_cluster(proc: subprocess.Popen, temp_dir: str) -> None:
     """SIGTERM to the head's process group (`ray start --block` then stops what it started),
     SIGKILL after 20 s to whatever is left of it, its descendants and anything naming its
     temp dir (Ray's workers)."""
-    pids = set(_descendants(proc.pid)) | set(_mentioning(temp_dir))
+    pids = set(descendants(proc.pid)) | set(_mentioning(temp_dir))
     for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
