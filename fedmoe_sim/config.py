@@ -151,6 +151,9 @@ class FederationConfig:
     fraction_evaluate: float = 1.0     # share of clients evaluated, in (0, 1]
     eval_every: int = 1                # evaluate every k rounds (the last round always)
     round_timeout: float = 600.0       # seconds to wait for replies per round; late replies are dropped
+    min_replies: float = 1.0           # quorum: once this share of a phase's clients answered, wait at most
+    straggler_timeout: float = 30.0    # this many more seconds for the rest (deployments with nodes that die;
+                                       # below 1 the cohort depends on timing, so simulations keep 1)
     placement: str = "shard"           # shard: any node trains any sampled client; partition: client i on the node with partition-id i
     state_dir: str = ""                # where clients keep state between rounds; must be reachable by every node that
                                        # may handle a client ("" = the system temp dir: one machine; see docs/protocol.md)
@@ -179,6 +182,10 @@ class FederationConfig:
             _fail("federation.eval_every", self.eval_every, ">= 1")
         if not self.round_timeout > 0:
             _fail("federation.round_timeout", self.round_timeout, "> 0 seconds")
+        if not 0 < self.min_replies <= 1:
+            _fail("federation.min_replies", self.min_replies, "a share of the phase's clients in (0, 1]")
+        if not (math.isfinite(self.straggler_timeout) and self.straggler_timeout >= 0):
+            _fail("federation.straggler_timeout", self.straggler_timeout, "a finite number of seconds >= 0")
         if self.placement not in PLACEMENTS:
             _fail("federation.placement", self.placement, f"one of {', '.join(PLACEMENTS)}")
         if self.norm_bound != 0 and not self.norm_bound > 1:
@@ -375,7 +382,8 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
                                   # no honest client of the recorded runs comes near these bounds (checked on
                                   # the pinned configs and the main job): they change nothing there
                                   "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
-                                  "federation.wire": "fedmoe",
+                                  "federation.wire": "fedmoe", "federation.min_replies": 1.0,
+                                  "federation.straggler_timeout": 30.0,
                                   **{f"faults.{k}": 0.0 for k in FAULT_KINDS}}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method

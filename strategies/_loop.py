@@ -38,8 +38,13 @@ POLL_SECONDS = 0.005  # our own pull interval: Flower's default 0.1 s quantises 
 
 
 def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress: Progress | None = None,
-              server_round: int = 0, phase: str = "") -> list[Message]:
-    """Push, then pull replies until all are in or `timeout` passes; late nodes are dropped."""
+              server_round: int = 0, phase: str = "", quorum: float = 1.0, straggler_s: float = 0.0) -> list[Message]:
+    """Push, then pull replies until all are in or `timeout` passes; late nodes are dropped.
+
+    `quorum` < 1: once that share of the asked logical clients has answered, wait at most
+    `straggler_s` more seconds for the rest (a dead node then costs seconds, not the whole
+    timeout). Who makes it in then depends on timing: keep the default 1 in simulations
+    whose numbers must reproduce."""
     messages = list(messages)
     asked = sum(wire.clients_in(m) for m in messages)
     pending = set(grid.push_messages(messages))
@@ -51,6 +56,8 @@ def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress:
         for msg in got:
             pending.discard(msg.metadata.reply_to_message_id)
             done += wire.clients_in(msg)
+            if quorum < 1 and done >= quorum * asked and done - wire.clients_in(msg) < quorum * asked:
+                deadline = min(deadline, time.monotonic() + straggler_s)
         replies.extend(got)
         if progress is not None and got:
             progress.update(server_round, phase, done, asked)
@@ -94,7 +101,8 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
     progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress, first_round=first_round)
 
     def exchange(outbox: wire.Outbox, server_round: int) -> wire.Unpacked:
-        replies = push_pull(grid, fed.messages(server_round, outbox), timeout, progress, server_round, outbox.phase)
+        replies = push_pull(grid, fed.messages(server_round, outbox), timeout, progress, server_round, outbox.phase,
+                            cfg.federation.min_replies, cfg.federation.straggler_timeout)
         return fed.collect(server_round, replies, outbox)
 
     def evaluate(server_round: int) -> dict[str, float]:

@@ -8,15 +8,19 @@ one client pinned to each node, data and pretraining kept tiny.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName, load_pem_x509_certificate
 
-from tests.deploy.loopback import REPO, Loopback, json_of, uploads, wait_until
+from tests.deploy.loopback import BIN, REPO, Loopback, descendants, json_of, uploads, wait_for_port, wait_until
 
 MAKE_CERTS = REPO / "deploy" / "make_certs.sh"
 NODES = 3
@@ -135,3 +139,40 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(lab, certs):
     # Same CA, same SuperLink: the registered node gets in, and it is the only node there.
     wait_until(lambda: node_status(lab, connection) == {known: "online"}, 120, "the registered SuperNode online")
     assert member.poll() is None
+
+
+def test_a_supernode_killed_mid_run_costs_its_client_not_the_run(lab, tmp_path):
+    """Node 2 dies after round 1: later rounds finish with the other two once the quorum is in
+    (federation.min_replies, then federation.straggler_timeout), and the record names the
+    missing node and client."""
+    address = lab.superlink()
+    connection = lab.connection("lab", address)
+    nodes = [lab.supernode(f"node{i}", address, f"partition-id={i} num-partitions={NODES}", wait=False)
+             for i in range(NODES)]
+    for proc, log, port in nodes:
+        wait_for_port(port, proc, log)
+    out = tmp_path / "run"
+    config = [c for c in RUN_CONFIG if not c.startswith("federation.rounds")] + [
+        "federation.rounds=3", "federation.min_replies=0.6", "federation.straggler_timeout=5", f"out='{out}'"]
+    run = subprocess.Popen([str(BIN / "flwr"), "run", ".", connection, "--run-config", " ".join(config), "--stream"],
+                           cwd=REPO, env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(run)
+    wait_until(lambda: (out / "rounds.jsonl").exists() and (out / "rounds.jsonl").read_text().strip(), 300,
+               "round 1's record")
+    victim = nodes[2][0]
+    for pid in [*descendants(victim.pid), victim.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    started = time.monotonic()
+    wait_until(lambda: (out / "summary.json").exists(), 300, "the run's summary after node 2 died")
+    assert time.monotonic() - started < 200          # two rounds, none of them waiting out the 300 s timeout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    last = events[-1]["missed"]["train"]
+    assert last["clients"] == [2] and len(last["nodes"]) == 1
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert rows[0]["missed-clients"] == 0 and rows[-1]["missed-clients"] >= 1
+    assert {c for r, c in uploads(out) if r == 3} == {0, 1}

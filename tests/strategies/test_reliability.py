@@ -162,3 +162,48 @@ def test_a_pickle_inside_an_array_record_is_refused_and_never_run(tmp_path, task
                             {"expert": PartSpec.of({"w": ((1,), "float32")})}, [0, 1])
     assert got.results == [] and sorted(got.rejected) == [0, 1]
     assert not os.path.exists(marker)
+
+
+# ---------------------------------------------------------------- a node that never answers ----
+class _SilentNodeGrid:
+    """Answers every message at once except those to node 3, which never replies."""
+
+    def __init__(self):
+        self.pending = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            mid = f"m{i}"
+            self.pending[mid] = msg
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            msg = self.pending.get(mid)
+            if msg is not None and msg.metadata.dst_node_id != 3:
+                reply = Message(wire.make_reply([wire.ClientResult(msg.metadata.dst_node_id, {wire.NUM_EXAMPLES: 1.0})]),
+                                reply_to=msg)
+                out.append(reply)
+                del self.pending[mid]
+        return out
+
+
+def _tasks():
+    box = wire.Outbox(wire.TRAIN, [1, 2, 3])
+    return [Message(wire.make_task("{}", 1, box, [n]), n, MessageType.TRAIN) for n in (1, 2, 3)]
+
+
+def test_a_quorum_stops_the_wait_for_a_dead_node_after_the_straggler_timeout(task_identity):
+    import time
+
+    from strategies._loop import push_pull
+
+    t0 = time.monotonic()
+    replies = push_pull(_SilentNodeGrid(), _tasks(), timeout=30, quorum=0.6, straggler_s=0.3)
+    assert len(replies) == 2 and time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    assert len(push_pull(_SilentNodeGrid(), _tasks(), timeout=1.0)) == 2     # default: the whole timeout
+    assert time.monotonic() - t0 >= 1.0
