@@ -193,7 +193,7 @@ class Federation:
         answered = {r.client_id for r in got.results} | set(got.rejected)
         missed = sorted(set(outbox.clients) - answered)
         if missed:
-            replied = {m.metadata.src_node_id for m in replies}
+            replied = {m.metadata.src_node_id for m in replies if not m.has_error()}   # an error reply: no answer
             nodes = sorted(int(n) for n in asked_of if n not in replied)
             self.events["missed"][outbox.phase] = {"clients": missed, "nodes": nodes}
             log.warning("%s: %d client(s) did not answer (%s)%s", outbox.phase, len(missed),

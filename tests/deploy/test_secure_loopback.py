@@ -1,9 +1,10 @@
 """docs/deploy.md on loopback: a SuperLink and three SuperNodes as separate processes on 127.0.0.1.
 
-Insecure (the lab setup), then TLS with SuperNode authentication using the certificates
-and keys `deploy/make_certs.sh` makes, then a SuperNode whose public key the SuperLink
-does not know, which must be turned away. FedAvg (expert-only upload) over 2 rounds,
-one client pinned to each node, data and pretraining kept tiny.
+Insecure (the lab setup; after two rounds one SuperNode is killed and the run must go
+on without it), then TLS with SuperNode authentication using the certificates and keys
+`deploy/make_certs.sh` makes, then a SuperNode whose public key the SuperLink does not
+know, which must be turned away. FedAvg (expert-only upload), one client pinned to each
+node, data and pretraining kept tiny.
 """
 
 from __future__ import annotations
@@ -104,13 +105,6 @@ def test_make_certs_writes_a_ca_a_server_certificate_with_sans_and_openssh_ecdsa
         assert proc.returncode == 2 and "usage:" in proc.stderr
 
 
-def test_fedavg_runs_two_rounds_on_an_insecure_superlink_with_three_supernodes(lab, tmp_path):
-    address = lab.superlink()
-    lab.supernodes(address, NODES)
-    out = tmp_path / "run"
-    check_two_rounds_from_every_node(lab.run_app(lab.connection("lab", address), RUN_CONFIG, out), out)
-
-
 @needs_tools
 def test_fedavg_runs_two_rounds_over_tls_with_authenticated_supernodes(lab, certs, tmp_path):
     address, connection = tls_superlink(lab, certs)
@@ -141,10 +135,11 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(lab, certs):
     assert member.poll() is None
 
 
-def test_a_supernode_killed_mid_run_costs_its_client_not_the_run(lab, tmp_path):
-    """Node 2 dies after round 1: later rounds finish with the other two once the quorum is in
-    (federation.min_replies, then federation.straggler_timeout), and the record names the
-    missing node and client."""
+def test_three_insecure_supernodes_run_two_rounds_then_one_dies_and_the_run_goes_on(lab, tmp_path):
+    """The lab setup of docs/deploy.md: 3 SuperNodes, every client uploads in rounds 1 and 2;
+    then node 2 is killed (its whole process tree) and round 3 finishes with the other two
+    once the quorum is in (federation.min_replies, then federation.straggler_timeout), not
+    after the 300 s round timeout; the record names the missing node and client."""
     address = lab.superlink()
     connection = lab.connection("lab", address)
     nodes = [lab.supernode(f"node{i}", address, f"partition-id={i} num-partitions={NODES}", wait=False)
@@ -152,13 +147,14 @@ def test_a_supernode_killed_mid_run_costs_its_client_not_the_run(lab, tmp_path):
     for proc, log, port in nodes:
         wait_for_port(port, proc, log)
     out = tmp_path / "run"
-    config = [c for c in RUN_CONFIG if not c.startswith("federation.rounds")] + [
-        "federation.rounds=3", "federation.min_replies=0.6", "federation.straggler_timeout=5", f"out='{out}'"]
+    config = [c for c in RUN_CONFIG if not c.startswith(("federation.rounds", "federation.eval_every"))] + [
+        "federation.rounds=3", "federation.eval_every=3", "federation.min_replies=0.6",
+        "federation.straggler_timeout=5", f"out='{out}'"]
     run = subprocess.Popen([str(BIN / "flwr"), "run", ".", connection, "--run-config", " ".join(config), "--stream"],
                            cwd=REPO, env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(run)
-    wait_until(lambda: (out / "rounds.jsonl").exists() and (out / "rounds.jsonl").read_text().strip(), 300,
-               "round 1's record")
+    rounds = out / "rounds.jsonl"
+    wait_until(lambda: rounds.exists() and len(rounds.read_text().splitlines()) >= 2, 400, "rounds 1-2's records")
     victim = nodes[2][0]
     for pid in [*descendants(victim.pid), victim.pid]:
         try:
@@ -167,12 +163,11 @@ def test_a_supernode_killed_mid_run_costs_its_client_not_the_run(lab, tmp_path):
             pass
     started = time.monotonic()
     wait_until(lambda: (out / "summary.json").exists(), 300, "the run's summary after node 2 died")
-    assert time.monotonic() - started < 200          # two rounds, none of them waiting out the 300 s timeout
+    assert time.monotonic() - started < 150          # round 3 did not wait out the 300 s timeout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 3
+    assert summary["rounds"] == 3 and 0 < summary["final"]["acc-mean"] <= 1
+    assert uploads(out) == {(r, c) for r in (1, 2) for c in range(NODES)} | {(3, 0), (3, 1)}
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    last = events[-1]["missed"]["train"]
-    assert last["clients"] == [2] and len(last["nodes"]) == 1
-    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    assert rows[0]["missed-clients"] == 0 and rows[-1]["missed-clients"] >= 1
-    assert {c for r, c in uploads(out) if r == 3} == {0, 1}
+    assert events[-1]["missed"]["train"]["clients"] == [2] and len(events[-1]["missed"]["train"]["nodes"]) == 1
+    rows = [json.loads(line) for line in rounds.read_text().splitlines()]
+    assert [r["missed-clients"] for r in rows[:2]] == [0, 0] and rows[-1]["missed-clients"] >= 1
