@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import tempfile
 from collections import OrderedDict
@@ -24,6 +25,7 @@ import torch
 
 from fedmoe_sim.config import RunConfig, config_from_json
 from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.results.io import atomic_write_bytes
 from fedmoe_sim.training import TrainStats, derive_seed, evaluate, train_local
 
 State = dict[str, np.ndarray]
@@ -254,18 +256,21 @@ class ClientStateStore:
         root = Path(base) if base else Path(tempfile.gettempdir()) / "fedmoe-sim-state"
         return cls(root / f"{run_key}-{config_hash}")
 
+    def _dir(self, cid: int, kind: str) -> Path:
+        """One small directory per client and kind: listing its versions never scans the
+        files of every other client (a save per client per round would then be quadratic)."""
+        return self.root / f"{kind}-{cid}"
+
     def _path(self, cid: int, kind: str, server_round: int) -> Path:
-        return self.root / f"{kind}-{cid}.r{server_round}.npz"
+        return self._dir(cid, kind) / f"r{server_round}.npz"
 
     def versions(self, cid: int, kind: str = "expert") -> list[int]:
         """Rounds of the stored versions of this client's state, oldest first."""
-        prefix = f"{kind}-{cid}.r"
-        found = []
-        for path in self.root.glob(f"{prefix}*.npz"):
-            digits = path.name[len(prefix):-len(".npz")]
-            if digits.isdigit():
-                found.append(int(digits))
-        return sorted(found)
+        folder = self._dir(cid, kind)
+        if not folder.is_dir():
+            return []
+        return sorted(int(name[1:-4]) for name in os.listdir(folder)
+                      if name.startswith("r") and name.endswith(".npz") and name[1:-4].isdigit())
 
     def load(self, cid: int, kind: str = "expert", at_least: int = 0) -> State | None:
         """The client's stored arrays of this kind (its expert by default).
@@ -291,18 +296,9 @@ class ClientStateStore:
     def save(self, cid: int, state: State, kind: str = "expert", server_round: int = 0,
              keep: tuple[int, ...] = ()) -> None:
         """Write this round's version, then drop every other version not in `keep`."""
-        path = self._path(cid, kind, server_round)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        with open(tmp, "wb") as f:
-            np.savez(f, **state, **{STATE_ROUND_KEY: np.array(server_round, np.int64)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)   # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+        buf = io.BytesIO()
+        np.savez(buf, **state, **{STATE_ROUND_KEY: np.array(server_round, np.int64)})
+        atomic_write_bytes(self._path(cid, kind, server_round), buf.getvalue())   # temp, fsync, rename, dir fsync
         for old in self.versions(cid, kind):
             if old != server_round and old not in keep:
                 self._path(cid, kind, old).unlink(missing_ok=True)

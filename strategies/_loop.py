@@ -51,14 +51,16 @@ def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress:
     replies: list[Message] = []
     done = 0
     deadline = time.monotonic() + timeout
+    quorum_met = quorum >= 1         # the default waits for everyone: no earlier deadline to set
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(list(pending)))
         for msg in got:
             pending.discard(msg.metadata.reply_to_message_id)
             done += wire.clients_in(msg)
-            if quorum < 1 and done >= quorum * asked and done - wire.clients_in(msg) < quorum * asked:
-                deadline = min(deadline, time.monotonic() + straggler_s)
         replies.extend(got)
+        if not quorum_met and done >= quorum * asked:
+            quorum_met = True
+            deadline = min(deadline, time.monotonic() + straggler_s)
         if progress is not None and got:
             progress.update(server_round, phase, done, asked)
         if pending:
