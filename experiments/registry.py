@@ -45,6 +45,11 @@ class Method:
     extra: dict[str, Any] = field(default_factory=dict)   # variant values on top of strategy.forced
 
     @property
+    def family(self) -> str:
+        """Which group of methods it belongs to (plots facet by it): see FAMILIES."""
+        return next(fam for fam, names in FAMILIES.items() if self.name in names)
+
+    @property
     def forced(self) -> dict[str, Any]:
         return {**getattr(self.strategy, "forced", {}), **self.extra}
 
@@ -92,6 +97,19 @@ METHODS: dict[str, Method] = {
         Method("unrestricted", UnrestrictedMoEStrategy, _M, "Unrestricted MoE: centralised upper bound on pooled private data"),
     )
 }
+
+
+# Method families, for grouping in plots and tables: classic FL baselines; one-shot unification of
+# domain experts into one MoE (MetaMoE and its baselines, with their non-deployable references);
+# personalised FL, where every client keeps its own model.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "classic": ("fedavg", "local", "fedavg-moe", "local-moe", "fedavg-cnn", "standalone"),
+    "unification": ("metamoe", "metamoe-no-dpp", "metamoe-no-context", "metamoe-no-proxy-training", "flexolmo", "btx",
+                    "btm", "modelsoup", "separate", "zeroshot", "unrestricted"),
+    "personalised": ("fedmoe-da", "pfedmoe", "lg-fedavg", "fedgh"),
+}
+if sorted(n for names in FAMILIES.values() for n in names) != sorted(METHODS):
+    raise RuntimeError("every registered method needs exactly one family in FAMILIES")
 
 
 def get_method(name: str) -> Method:

@@ -391,7 +391,8 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
 METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fedgh": ("fedgh",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
 NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib", "simulation.ray_address",
-                "federation.checkpoint_every", "faults.slow_s", "resume")
+                "federation.checkpoint_every", "faults.slow_s", "resume", "log")
+LOGGERS = ("", "tensorboard")          # `log`: "" = only the run directory's own records
 
 
 @dataclass(frozen=True)
@@ -410,10 +411,13 @@ class RunConfig:
     fedgh: FedGHConfig = field(default_factory=FedGHConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     resume: bool = False               # continue the run in `out` from its last checkpoint (CLI: --resume DIR)
+    log: str = ""                      # also write per-round records for a tracker: "" or "tensorboard" (CLI: --log)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
             _fail("seed", self.seed, ">= 0")
+        if self.log not in LOGGERS:
+            _fail("log", self.log, f"one of {', '.join(repr(x) for x in LOGGERS)}")
 
     # -- serialisation -------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
