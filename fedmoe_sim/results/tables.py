@@ -1,9 +1,13 @@
-"""The `compare` table and report: strategies x seeds -> mean and 95% CI.
+"""The `compare` table and report: variants x seeds -> mean and 95% CI.
 
-Inputs are `RunSummary.to_dict()` dicts (accuracies as fractions). Intervals
-are Student-t over seeds; the difference against the baseline is paired by
-seed (only seeds both strategies ran), because the seeds fix partitions and
-client cohorts, so pairing removes the variance both strategies share.
+Inputs are `RunSummary.to_dict()` dicts (accuracies as fractions). A row is a
+*variant*: `summary["variant"]` when a grid sweep set it (e.g.
+"fedmoe-da[P=1,tau=0.5]"), else the strategy name. Intervals are Student-t over
+seeds; the difference against the baseline is paired by seed, because the seeds
+fix partitions and client cohorts, so pairing removes the variance both runs
+share. A pair needs the same seed *and* the same `data_fingerprint` (a grid over
+a data key gives the same seed different partitions). Each row's paired t-test
+p-value is Holm-adjusted across the comparisons the table shows.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .io import atomic_write_text, write_csv_atomic
-from .stats import mean_ci, paired_diff_ci
+from .stats import holm, mean_ci, paired_diff_ci, paired_test
 
 MEAN_ACC_KEY = "acc-mean"   # in summary["final"]: mean accuracy over domains of the final model (server- or client-evaluated)
 CLIENT_ACC_KEY = "acc-own"              # in each summary["per_client"] row (wire.ACC_OWN)
@@ -36,11 +40,15 @@ class Cell:
 
 @dataclass
 class StrategyRow:
+    """One table row; `strategy` is the row label, i.e. the variant name (the strategy when no grid ran)."""
+
     strategy: str
     seeds: list[int]
     is_baseline: bool
     cells: dict[str, Cell] = field(default_factory=dict)   # metric -> Cell; metric names as in the CSV
     diff: Cell | None = None                                # paired mean-accuracy difference vs baseline
+    p: float | None = None          # two-sided paired t-test of accuracy vs baseline; nan: undefined (n < 2, ...)
+    p_holm: float | None = None     # p Holm-adjusted across the rows with a defined p (nan where p is nan)
 
 
 def _cell(values: list[float], level: float) -> Cell | None:
@@ -55,7 +63,13 @@ def _domain_acc(value: Any) -> float | None:
     return value.get(DOMAIN_ACC_KEY) if isinstance(value, Mapping) else value
 
 
-def _run_metrics(s: Mapping[str, Any], acc_key: str, client_acc_key: str) -> dict[str, float | None]:
+def variant_name(s: Mapping[str, Any]) -> str:
+    """The row a summary belongs to: its grid variant, else its strategy."""
+    return s.get("variant") or s["strategy"]
+
+
+def run_metrics(s: Mapping[str, Any], acc_key: str = MEAN_ACC_KEY,
+                client_acc_key: str = CLIENT_ACC_KEY) -> dict[str, float | None]:
     """The per-run numbers one table row averages over seeds."""
     if acc_key not in s.get("final", {}):
         raise KeyError(f"summary of {s.get('strategy')} seed {s.get('seed')} has no final[{acc_key!r}]")
@@ -73,18 +87,21 @@ def _run_metrics(s: Mapping[str, Any], acc_key: str, client_acc_key: str) -> dic
 
 def build_table(summaries: Sequence[Mapping[str, Any]], baseline: str | None = None, *, level: float = 0.95,
                 acc_key: str = MEAN_ACC_KEY, client_acc_key: str = CLIENT_ACC_KEY) -> tuple[list[StrategyRow], list[str]]:
-    """Rows sorted by mean accuracy (best first) and the sorted domain names."""
+    """Rows (one per variant) sorted by mean accuracy (best first) and the sorted domain names."""
     experiments = {s.get("experiment") for s in summaries}
     if len(experiments) > 1:
         raise ValueError(f"summaries mix experiments {sorted(map(str, experiments))}; compare one at a time")
     per_run: dict[str, dict[int, dict[str, float | None]]] = {}
+    fingerprints: dict[str, dict[int, str]] = {}      # variant -> seed -> data_fingerprint
     for s in summaries:
-        runs = per_run.setdefault(s["strategy"], {})
+        name = variant_name(s)
+        runs = per_run.setdefault(name, {})
         if s["seed"] in runs:
-            raise ValueError(f"two summaries for strategy {s['strategy']!r} seed {s['seed']}")
-        runs[s["seed"]] = _run_metrics(s, acc_key, client_acc_key)
+            raise ValueError(f"two summaries for variant {name!r} seed {s['seed']}")
+        runs[s["seed"]] = run_metrics(s, acc_key, client_acc_key)
+        fingerprints.setdefault(name, {})[s["seed"]] = s.get("data_fingerprint", "")
     if baseline is not None and baseline not in per_run:
-        raise ValueError(f"baseline {baseline!r} not among strategies {sorted(per_run)}")
+        raise ValueError(f"baseline {baseline!r} not among variants {sorted(per_run)}")
     domains = sorted({k[4:] for runs in per_run.values() for m in runs.values() for k in m if k.startswith("acc/")})
     rows = []
     for name, runs in per_run.items():
@@ -96,12 +113,16 @@ def build_table(summaries: Sequence[Mapping[str, Any]], baseline: str | None = N
             if cell is not None:
                 row.cells[metric] = cell
         if baseline is not None and name != baseline:
-            base = per_run[baseline]
-            common = [seed for seed in seeds if seed in base]
+            base, fp, base_fp = per_run[baseline], fingerprints[name], fingerprints[baseline]
+            common = [seed for seed in seeds if seed in base and fp[seed] == base_fp[seed]]   # same seed, same data
             if common:
-                mean, hw = paired_diff_ci([runs[x]["acc"] for x in common], [base[x]["acc"] for x in common], level)
-                row.diff = Cell(mean, hw, len(common))
+                a, b = [runs[x]["acc"] for x in common], [base[x]["acc"] for x in common]
+                mean, hw = paired_diff_ci(a, b, level)
+                row.diff, row.p = Cell(mean, hw, len(common)), paired_test(a, b)
         rows.append(row)
+    compared = [r for r in rows if r.p is not None]     # holm keeps nan (undefined test) out of the count
+    for r, adjusted in zip(compared, holm([r.p for r in compared]), strict=True):
+        r.p_holm = adjusted
     rows.sort(key=lambda r: (-r.cells["acc"].mean if "acc" in r.cells else math.inf, r.strategy))
     return rows, domains
 
@@ -141,6 +162,13 @@ def _scaled(cell: Cell | None, kind: str) -> str:
     return format_cell(cell, scale, unit)
 
 
+def format_p(p: float | None) -> str:
+    """3 significant digits (`0.0351`, `1.00`), `<0.001` below that, `—` where no test was defined."""
+    if p is None or math.isnan(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:#.3g}"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -149,7 +177,7 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
     pct = f"{level * 100:g}%"
     head = ["strategy", "seeds", "mean acc (%)"]
     if baseline is not None:
-        head.append("Δ acc vs baseline (pp)")
+        head += ["Δ acc vs baseline (pp)", "p vs baseline (Holm)"]
     routing = any("routing_own" in r.cells for r in rows)
     head += ["mean client, own split (%)", "worst client (%)", *[f"{_md_escape(d)} (%)" for d in domains]]
     head += ["routed to own domain (%)"] if routing else []
@@ -161,6 +189,7 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
         if baseline is not None:
             cells.append("—" if r.is_baseline else format_cell(
                 None if r.diff is None else Cell(r.diff.mean * 100, r.diff.hw * 100, r.diff.n), signed=True))
+            cells.append("—" if r.is_baseline else format_p(r.p_holm))
         cells += [_scaled(r.cells.get("client_acc"), "pct"), _scaled(r.cells.get("worst_client_acc"), "pct"),
                   *[_scaled(r.cells.get(f"acc/{d}"), "pct") for d in domains]]
         cells += [_scaled(r.cells.get("routing_own"), "pct")] if routing else []
@@ -171,8 +200,16 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
             "Mean acc: per domain on its held-out test set, averaged over domains; mean client: each client's "
             "own test split (what personalised methods optimise), averaged over clients.")
     if baseline is not None:
+        k = sum(r.p_holm is not None and not math.isnan(r.p_holm) for r in rows)
+        pairs = max((r.diff.n for r in rows if r.diff is not None), default=0)
         note += (f" Δ: accuracy minus `{_md_escape(baseline)}`'s in percentage points, paired by seed "
-                 "(seeds both ran); an interval excluding 0 is a difference at that level.")
+                 "(seeds both ran, on the same data partitions); an interval excluding 0 is a difference at that "
+                 "level. p: paired two-sided t-test of accuracy over those seeds, Holm-corrected across the "
+                 f"k = {k} comparisons shown; `—`: undefined (under 2 pairs, or the same difference on every "
+                 "seed).")
+        if 0 < pairs < 6:
+            note += (f" With {pairs} paired seeds the test has little power: a large p is no evidence that two "
+                     "methods are equal.")
     if routing:
         note += (" Routed to own domain: share of each domain's test tokens whose top-1 expert is one of that "
                  "domain's, averaged over MoE layers and domains (unified MoEs only; oracle routing = 100).")
@@ -185,7 +222,7 @@ def table_csv(rows: list[StrategyRow], domains: list[str]) -> tuple[list[dict[st
                "wall_s"]
     columns = ["strategy", "is_baseline", "n_seeds", "seeds"]
     columns += [f"{m}_{part}" for m in metrics for part in ("mean", "hw")]
-    columns += ["diff_acc_mean", "diff_acc_hw", "diff_acc_n"]
+    columns += ["diff_acc_mean", "diff_acc_hw", "diff_acc_n", "diff_acc_p", "diff_acc_p_holm"]
     out = []
     for r in rows:
         d: dict[str, Any] = {"strategy": r.strategy, "is_baseline": r.is_baseline, "n_seeds": len(r.seeds),
@@ -194,7 +231,8 @@ def table_csv(rows: list[StrategyRow], domains: list[str]) -> tuple[list[dict[st
             cell = r.cells.get(m)
             d[f"{m}_mean"], d[f"{m}_hw"] = (cell.mean, cell.hw) if cell else (None, None)
         if r.diff is not None:
-            d.update(diff_acc_mean=r.diff.mean, diff_acc_hw=r.diff.hw, diff_acc_n=r.diff.n)
+            d.update(diff_acc_mean=r.diff.mean, diff_acc_hw=r.diff.hw, diff_acc_n=r.diff.n, diff_acc_p=r.p,
+                     diff_acc_p_holm=r.p_holm)
         out.append(d)
     return out, columns
 

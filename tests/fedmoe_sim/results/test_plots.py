@@ -1,9 +1,14 @@
-"""Plots: valid PNGs for every shape of input, series helpers computed by hand."""
+"""Plots: valid PNGs for every shape of input, series helpers computed by hand, one look per strategy and
+one panel per family, read from the figures the `_build_*` functions return."""
 
 import math
 
 import matplotlib
+import numpy as np
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer
+from matplotlib.markers import MarkerStyle
 
 from fedmoe_sim.results import plots
 from fedmoe_sim.results.plots import (accuracy_series, accuracy_vs_bytes_series, plot_accuracy_vs_bytes,
@@ -110,3 +115,186 @@ def test_gate_plot_draws_one_point_per_client_run(tmp_path):
     assert path.exists() and path.stat().st_size > 1000
     empty = plot_gate_vs_heterogeneity({}, tmp_path / "empty.png")
     assert empty.exists()
+
+
+# ------------------------------------------------------------ styles and family panels ----
+MAIN = ["fedavg", "local", "fedmoe-da", "fedavg-moe", "local-moe", "metamoe", "metamoe-no-dpp", "metamoe-no-context",
+        "metamoe-no-proxy-training", "flexolmo", "btx", "btm", "modelsoup", "separate", "zeroshot", "unrestricted"]
+CLASSIC, PERSONALISED = {"fedavg", "local", "fedavg-moe", "local-moe"}, {"fedmoe-da"}
+FAMILIES = {n: "classic" if n in CLASSIC else "personalised" if n in PERSONALISED else "unification" for n in MAIN}
+
+
+def _names(n):
+    """The main job's 16, then grid variants (whose family the caller maps) up to n."""
+    return (MAIN + [f"fedmoe-da[P={i},tau=0.5]" for i in range(n)])[:n]
+
+
+def _families(names):
+    return {n: FAMILIES.get(n, "personalised") for n in names}
+
+
+def _curves(names, rounds=3):
+    return {n: [[(r, 0.3 + 0.02 * i + 0.05 * r) for r in range(1, rounds + 1)] for _ in range(2)]
+            for i, n in enumerate(names)}
+
+
+def _byte_curves(names):
+    return {n: [[(r * 10 ** (3 + i % 5), a) for r, a in seed] for seed in seeds]
+            for i, (n, seeds) in enumerate(_curves(names).items())}
+
+
+def _domains(names):
+    return {n: {d: [0.5 + 0.01 * i, 0.55] for d in ("blur", "gamma", "invert")} for i, n in enumerate(names)}
+
+
+def _series(label):
+    return label.rsplit(" (n=", 1)[0].split(": not shown")[0]
+
+
+def _line_styles(fig):
+    """[(series, colour, marker, linestyle, axes index)] over every panel of the figure."""
+    return [(_series(line.get_label()), to_hex(line.get_color()), line.get_marker(), line.get_linestyle(), k)
+            for k, ax in enumerate(fig.axes) for line in ax.get_lines()]
+
+
+def _bar_styles(fig):
+    """[(series, facecolour, hatch, axes index)], one per strategy's bar container."""
+    return [(_series(c.get_label()), to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch(), k)
+            for k, ax in enumerate(fig.axes) for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def _build_lines(builder, data, families):
+    return builder(data, level=0.95, title="t", families=families)
+
+
+LINE_BUILDERS = [(plots._build_accuracy_vs_round, _curves), (plots._build_accuracy_vs_bytes, _byte_curves)]
+
+
+@pytest.mark.parametrize("n", [13, 16, 25])
+@pytest.mark.parametrize("with_families", [False, True])
+@pytest.mark.parametrize("builder, make", LINE_BUILDERS)
+def test_every_line_has_its_own_colour_and_marker_across_all_panels(builder, make, with_families, n):
+    names = _names(n)
+    fig = _build_lines(builder, make(names), _families(names) if with_families else None)
+    styles = _line_styles(fig)
+    assert sorted(s for s, *_ in styles) == sorted(names)
+    assert len({(c, m) for _, c, m, _, _ in styles}) == n
+    colours = [c for _, c, *_ in styles]
+    assert len(set(colours)) == min(n, len(plots.PALETTE)) and len(plots.PALETTE) >= 20
+    assert all(m not in (None, "None", "", " ") for _, _, m, _, _ in styles)
+
+
+def test_palette_has_no_duplicates_and_pairs_stay_unique_far_past_it():
+    assert len(set(plots.PALETTE)) == len(plots.PALETTE) >= 20
+    looks = [plots._style(i) for i in range(140)]
+    assert len({(s.color, s.marker) for s in looks}) == 140
+    assert len({(s.color, s.hatch) for s in looks[:100]}) == 100
+
+
+def test_a_strategy_looks_the_same_in_the_round_bytes_bars_and_gate_plots():
+    names = _names(16)
+    fams = _families(names)
+    by_round = {s: (c, m, ls) for s, c, m, ls, _ in _line_styles(_build_lines(plots._build_accuracy_vs_round,
+                                                                             _curves(names), fams))}
+    by_bytes = {s: (c, m, ls) for s, c, m, ls, _ in _line_styles(_build_lines(plots._build_accuracy_vs_bytes,
+                                                                             _byte_curves(names), fams))}
+    assert by_round == by_bytes
+    bars = plots._build_per_domain_bars(_domains(names), level=0.95, title="t", families=fams)
+    assert {s: c for s, c, _, _ in _bar_styles(bars)} == {s: c for s, (c, _, _) in by_round.items()}
+    # the gate plot holds only the strategies with a gate: with the comparison's families they keep their look
+    gate = plots._build_gate_vs_heterogeneity({"local-moe": [(0.5, 0.4)]}, title="t", families=fams)
+    points = gate.axes[0].collections[0]
+    colour, marker, _ = by_round["local-moe"]
+    assert to_hex(points.get_facecolor()[0]) == colour
+    want = MarkerStyle(marker)
+    np.testing.assert_allclose(points.get_paths()[0].vertices,
+                               want.get_path().transformed(want.get_transform()).vertices)
+
+
+def test_styles_follow_the_order_passed_in_without_families():
+    fig = _build_lines(plots._build_accuracy_vs_round, _curves(["b", "a"]), None)
+    assert [(s, c) for s, c, *_ in _line_styles(fig)] == [("b", plots.PALETTE[0]), ("a", plots.PALETTE[1])]
+
+
+@pytest.mark.parametrize("builder, make", LINE_BUILDERS)
+def test_more_than_8_series_with_families_get_one_panel_per_family(builder, make):
+    names = _names(16) + ["mystery"]                     # a series the mapping misses goes in "other", last
+    fams = {n: f for n, f in _families(names).items() if n != "mystery"}
+    fig = _build_lines(builder, make(names), fams)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["classic", "personalised", "unification", "other"]
+    panels = {ax.get_title(loc="left"): {_series(line.get_label()) for line in ax.get_lines()} for ax in fig.axes}
+    assert panels == {"classic": CLASSIC, "personalised": PERSONALISED, "other": {"mystery"},
+                      "unification": set(MAIN) - CLASSIC - PERSONALISED}
+    assert all(ax.get_legend() is not None for ax in fig.axes)         # each panel its own legend
+    first = fig.axes[0]
+    assert all(ax.get_shared_y_axes().joined(first, ax) and ax.get_shared_x_axes().joined(first, ax)
+               for ax in fig.axes)
+
+
+@pytest.mark.parametrize("builder, make", LINE_BUILDERS)
+@pytest.mark.parametrize("names, families", [
+    (MAIN[:8], {n: FAMILIES[n] for n in MAIN[:8]}),      # few enough to compare in one panel
+    (MAIN, None),                                        # families unknown
+])
+def test_few_series_or_no_families_stay_in_one_panel(builder, make, names, families):
+    fig = _build_lines(builder, make(names), families)
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == len(names)
+
+
+def test_zero_byte_strategies_are_named_in_their_family_panel():
+    names = _names(16)
+    data = _byte_curves(names)
+    data["zeroshot"] = [[(0, 0.5)], [(0, 0.52)]]
+    fig = _build_lines(plots._build_accuracy_vs_bytes, data, _families(names))
+    unification = next(ax for ax in fig.axes if ax.get_title(loc="left") == "unification")
+    texts = [t.get_text() for t in unification.get_legend().get_texts()]
+    assert "zeroshot: not shown (0 bytes communicated)" in texts
+    assert "zeroshot" not in {s for s, *_ in _line_styles(fig)}
+
+
+def test_long_series_thin_their_markers():
+    fig = _build_lines(plots._build_accuracy_vs_round, _curves(["a", "b"], rounds=60), None)
+    (start_a, step_a), (start_b, step_b) = [line.get_markevery() for line in fig.axes[0].get_lines()]
+    assert step_a == step_b and 60 / step_a <= plots._MARKS and start_a != start_b    # staggered, not stacked
+    fig = _build_lines(plots._build_accuracy_vs_round, _curves(["a"], rounds=10), None)
+    assert fig.axes[0].get_lines()[0].get_markevery() == (0, 1)                      # short: every point
+
+
+@pytest.mark.parametrize("n", [13, 16, 25])
+@pytest.mark.parametrize("with_families", [False, True])
+def test_every_bar_series_has_its_own_colour_then_hatch(n, with_families):
+    names = _names(n)
+    fig = plots._build_per_domain_bars(_domains(names), level=0.95, title="t",
+                                       families=_families(names) if with_families else None)
+    styles = _bar_styles(fig)
+    assert sorted(s for s, *_ in styles) == sorted(names)
+    assert len({c for _, c, _, _ in styles}) == min(n, len(plots.PALETTE))
+    assert len({(c, h) for _, c, h, _ in styles}) == n
+
+
+def test_bars_with_families_are_stacked_one_panel_per_family_on_one_accuracy_axis():
+    names = _names(16)
+    fig = plots._build_per_domain_bars(_domains(names), level=0.95, title="t", families=_families(names))
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["classic", "personalised", "unification"]
+    by_panel = {}
+    for s, _, _, k in _bar_styles(fig):
+        by_panel.setdefault(fig.axes[k].get_title(loc="left"), set()).add(s)
+    assert by_panel == {"classic": CLASSIC, "personalised": PERSONALISED,
+                        "unification": set(MAIN) - CLASSIC - PERSONALISED}
+    lefts = {round(ax.get_position().x0, 3) for ax in fig.axes}
+    tops = [ax.get_position().y1 for ax in fig.axes]
+    assert len(lefts) == 1 and tops == sorted(tops, reverse=True)                   # one column, top to bottom
+    assert all(ax.get_ylim() == fig.axes[0].get_ylim() for ax in fig.axes)
+    widths = {round(c.patches[0].get_width(), 6) for ax in fig.axes for c in ax.containers
+              if isinstance(c, BarContainer)}
+    assert len(widths) == 1                                                          # a bar is a bar in every panel
+    few = plots._build_per_domain_bars(_domains(MAIN[:8]), level=0.95, title="t", families=_families(MAIN[:8]))
+    assert len(few.axes) == 1
+
+
+def test_public_plots_take_families_and_write_pngs(tmp_path):
+    names = _names(16)
+    fams = _families(names)
+    for plot, data in [(plot_accuracy_vs_round, _curves(names)), (plot_accuracy_vs_bytes, _byte_curves(names)),
+                       (plot_per_domain_bars, _domains(names))]:
+        _assert_png(plot(data, tmp_path / f"{plot.__name__}.png", families=fams))

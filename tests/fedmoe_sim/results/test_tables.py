@@ -1,18 +1,26 @@
-"""The compare table: hand-computed means, intervals, paired differences and units."""
+"""The compare table: hand-computed means, intervals, paired differences, p-values and units."""
 
 import csv
 import math
 
 import pytest
 
-from fedmoe_sim.results.tables import (Cell, build_table, format_cell, human_bytes, write_report, write_table)
+from fedmoe_sim.results.tables import (Cell, build_table, format_cell, format_p, human_bytes, write_report,
+                                       write_table)
 
 MiB = 1024 ** 2
 T2, T1 = 4.3027, 12.7062          # t_{0.975} for 2 and 1 degrees of freedom
+# Paired t-test p-values of the fixture, by hand: two-sided p = 1 - t / sqrt(t^2 + 2) on 2 df,
+# 1 - 2 atan(t) / pi on 1 df.
+# A - B: differences 10, 11, 9 points: t = 10 / (1 / sqrt 3) = 17.32 -> p = 0.003317
+# C - B: seeds 0, 1: differences -10, -9: t = -9.5 / (0.7071 / sqrt 2) = -19 -> p = 0.03348
+P_A = 1 - 300 ** 0.5 / 302 ** 0.5
+P_C = 1 - 2 * math.atan(19) / math.pi
 
 
-def _s(strategy, seed, acc, *, domains=None, clients=(0.5, 0.6), up=3 * MiB, wall=10.0, experiment="digits"):
-    return {"strategy": strategy, "experiment": experiment, "seed": seed, "config_hash": f"{strategy}{seed}",
+def _s(strategy, seed, acc, *, domains=None, clients=(0.5, 0.6), up=3 * MiB, wall=10.0, experiment="digits",
+       **extra):
+    return {**extra, "strategy": strategy, "experiment": experiment, "seed": seed, "config_hash": f"{strategy}{seed}",
             "rounds": 5, "final": {"acc-mean": acc},
             "per_domain": domains if domains is not None else {"mnist": {"acc": acc}, "svhn": acc - 0.1},
             "per_client": [{"client": i, "acc-own": a} for i, a in enumerate(clients)],
@@ -57,18 +65,62 @@ def test_differences_are_paired_on_the_seeds_both_ran(summaries):
     assert rows["D"].diff.mean == pytest.approx(-0.20) and rows["D"].diff.n == 1
 
 
+def test_p_values_are_paired_t_tests_holm_adjusted_over_the_defined_ones(summaries):
+    rows = {r.strategy: r for r in build_table(summaries, "B")[0]}
+    assert rows["A"].p == pytest.approx(P_A, rel=1e-9) and rows["C"].p == pytest.approx(P_C, rel=1e-9)
+    assert math.isnan(rows["D"].p) and math.isnan(rows["D"].p_holm)    # one pair: no test, not counted
+    # k = 2 (D has no test): A smallest -> 2 * P_A = 0.00663; C -> max(2 P_A, 1 * P_C) = P_C
+    assert rows["A"].p_holm == pytest.approx(2 * P_A, rel=1e-9) and rows["C"].p_holm == pytest.approx(P_C, rel=1e-9)
+    assert rows["B"].p is None and rows["B"].p_holm is None
+
+
+def test_rows_are_variants_and_pairs_need_the_same_partitions():
+    # a grid over a data key: one strategy, three variants; seed 1 of "alpha=0.1" saw other partitions
+    summaries = [_s("fedavg", seed, acc, data_fingerprint=f"d{seed}")
+                 for seed, acc in ((0, 0.70), (1, 0.72), (2, 0.71))]
+    summaries += [_s("fedmoe-da", seed, acc, variant="fedmoe-da[alpha=1]", data_fingerprint=f"d{seed}")
+                  for seed, acc in ((0, 0.75), (1, 0.78), (2, 0.74))]
+    summaries += [_s("fedmoe-da", seed, acc, variant="fedmoe-da[alpha=0.1]", data_fingerprint=fp)
+                  for seed, acc, fp in ((0, 0.60, "d0"), (1, 0.90, "other"), (2, 0.62, "d2"))]
+    summaries += [_s("fedmoe-da", 0, 0.5, variant="fedmoe-da[alpha=0]", data_fingerprint="x")]   # no pair at all
+    rows = {r.strategy: r for r in build_table(summaries, "fedavg")[0]}
+    assert set(rows) == {"fedavg", "fedmoe-da[alpha=1]", "fedmoe-da[alpha=0.1]", "fedmoe-da[alpha=0]"}
+    wide = rows["fedmoe-da[alpha=1]"].diff
+    assert wide.n == 3 and wide.mean == pytest.approx(0.0467, abs=1e-4)                 # +5, +6, +3 points
+    assert rows["fedmoe-da[alpha=0.1]"].diff.n == 2                      # seed 1 is not a pair
+    assert rows["fedmoe-da[alpha=0.1]"].diff.mean == pytest.approx(-0.095)
+    assert rows["fedmoe-da[alpha=0]"].diff is None and rows["fedmoe-da[alpha=0]"].p is None
+    # the baseline may itself be a variant
+    rows = {r.strategy: r for r in build_table(summaries, "fedmoe-da[alpha=1]")[0]}
+    assert rows["fedavg"].diff.mean == pytest.approx(-0.0467, abs=1e-4) and rows["fedmoe-da[alpha=1]"].is_baseline
+
+
+def test_constant_differences_have_no_p_value(tmp_path):
+    summaries = [_s("B", seed, acc) for seed, acc in ((0, 0.7), (1, 0.8), (2, 0.6))]
+    summaries += [_s("A", seed, acc) for seed, acc in ((0, 0.8), (1, 0.9), (2, 0.7))]   # +10 points on every seed
+    rows = {r.strategy: r for r in build_table(summaries, "B")[0]}
+    assert math.isnan(rows["A"].p)
+    md = write_table(summaries, "B", tmp_path)
+    assert next(line for line in md.splitlines() if line.startswith("| A ")).split(" | ")[4] == "—"
+    assert "k = 0 comparisons" in md
+
+
 def test_markdown_table(summaries, tmp_path):
     md = write_table(summaries, "B", tmp_path)
     assert (tmp_path / "table.md").read_text() == md
     lines = md.splitlines()
-    assert lines[0].startswith("| strategy | seeds | mean acc (%) | Δ acc vs baseline (pp) | mean client, own split (%) | worst client (%)")
+    assert lines[0].startswith("| strategy | seeds | mean acc (%) | Δ acc vs baseline (pp) | p vs baseline (Holm) "
+                               "| mean client, own split (%) | worst client (%)")
     assert "| mnist (%) | svhn (%) |" in lines[0]
     row = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:6]}
-    assert "| 82.0 ± 5.0 | +10.0 ± 2.5 | 55.0 | 50.0 |" in row["A"]     # mean and worst client: no spread, no ±
+    assert "| 82.0 ± 5.0 | +10.0 ± 2.5 | 0.00663 | 55.0 | 50.0 |" in row["A"]   # clients: no spread, no ±
     assert "| 3.0 MiB | 6.0 MiB | 0 B | 20.0 ± 24.8 s |" in row["A"]
-    assert row["B (baseline)"].split(" | ")[3] == "—"
-    assert "| -9.5 ± 6.4 |" in row["C"]
-    assert "| 50.0 (n=1) | -20.0 (n=1) | 60.0 (n=1) | 30.0 (n=1) |" in row["D"]
+    assert row["B (baseline)"].split(" | ")[3:5] == ["—", "—"]
+    assert "| -9.5 ± 6.4 | 0.0335 |" in row["C"]
+    assert "| 50.0 (n=1) | -20.0 (n=1) | — | 60.0 (n=1) | 30.0 (n=1) |" in row["D"]
+    legend = lines[-1]
+    assert "paired two-sided t-test" in legend and "Holm-corrected across the k = 2 comparisons shown" in legend
+    assert "With 3 paired seeds the test has little power" in legend
 
 
 def test_csv_table_holds_raw_numbers(summaries, tmp_path):
@@ -78,21 +130,25 @@ def test_csv_table_holds_raw_numbers(summaries, tmp_path):
     assert float(rows["A"]["acc_hw"]) == pytest.approx(T2 * 0.02 / math.sqrt(3), abs=1e-5)
     assert float(rows["A"]["bytes_up_mean"]) == 3 * MiB
     assert float(rows["A"]["diff_acc_mean"]) == pytest.approx(0.10) and rows["A"]["diff_acc_n"] == "3"
-    assert rows["B"]["is_baseline"] == "True" and rows["B"]["diff_acc_mean"] == ""
+    assert float(rows["A"]["diff_acc_p"]) == pytest.approx(P_A)
+    assert float(rows["A"]["diff_acc_p_holm"]) == pytest.approx(2 * P_A)
+    assert float(rows["C"]["diff_acc_p"]) == float(rows["C"]["diff_acc_p_holm"]) == pytest.approx(P_C)
+    assert math.isnan(float(rows["D"]["diff_acc_p"])) and math.isnan(float(rows["D"]["diff_acc_p_holm"]))
+    assert rows["B"]["is_baseline"] == "True" and rows["B"]["diff_acc_mean"] == "" and rows["B"]["diff_acc_p"] == ""
     assert rows["C"]["seeds"] == "0;1;7"
     assert math.isnan(float(rows["D"]["acc_hw"]))
 
 
 def test_without_a_baseline_there_is_no_difference_column(summaries, tmp_path):
     md = write_table(summaries, None, tmp_path)
-    assert "Δ" not in md and "(baseline)" not in md
+    assert "Δ" not in md and "(baseline)" not in md and "Holm" not in md
 
 
 def test_a_missing_domain_shows_a_dash(tmp_path):
     md = write_table([_s("A", 0, 0.8, domains={"mnist": 0.8}), _s("B", 0, 0.7, domains={"usps": 0.6})],
                      "A", tmp_path)
     a_row = next(line for line in md.splitlines() if line.startswith("| A"))
-    assert a_row.split(" | ")[6:8] == ["80.0 (n=1)", "—"]            # mnist, usps
+    assert a_row.split(" | ")[7:9] == ["80.0 (n=1)", "—"]            # mnist, usps
 
 
 def test_routing_column_appears_only_when_some_method_routes(summaries, tmp_path):
@@ -129,6 +185,8 @@ def test_human_units():
     assert format_cell(Cell(0.852, 0.013, 3), 0.01) == "85.2 ± 1.3"
     assert format_cell(Cell(0.852, math.nan, 1), 0.01) == "85.2 (n=1)"
     assert format_cell(None) == "—"
+    assert [format_p(p) for p in (0.0351, 0.06, 1.0, 0.001, 0.000999, math.nan, None)] == [
+        "0.0351", "0.0600", "1.00", "0.00100", "<0.001", "—", "—"]
 
 
 def test_report_links_plots_relatively_and_records_how(tmp_path, summaries):
