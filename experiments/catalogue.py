@@ -48,10 +48,11 @@ EXPERIMENTS: dict[str, Experiment] = {
             "FedMoE-DA's setting on digits-domains: 40 clients, 10 per domain (by domain; dirichlet or "
             "pathological via --set data.partitioner=...), all trained every round, 10 rounds of 5 local epochs, "
             "the client MoE (4 rank-8 LoRA experts per FFN, top-2 gate) for FedMoE-DA and its MoE baselines, "
-            "the single LoRA expert for FedAvg and Local. Personalised accuracy is client-eval/acc-own",
+            "the single LoRA expert for FedAvg and Local (pFedSim: that expert plus a trainable copy of the head). "
+            "Personalised accuracy is client-eval/acc-own",
             {"data.benchmark": "digits-domains", "data.partitioner": "by-domain", "model.backbone": "mixer",
              "federation.num_clients": 40, "federation.rounds": 10, "train.local_epochs": 5},
-            strategies=("fedmoe-da", "fedavg-moe", "local-moe", "fedavg", "local"),
+            strategies=("fedmoe-da", "fedavg-moe", "local-moe", "fedavg", "local", "pfedsim"),
         ),
         Experiment(
             "metamoe-digits",

@@ -19,6 +19,7 @@ import clients.lg_fedavg
 import clients.local
 import clients.metamoe
 import clients.pfedmoe
+import clients.pfedsim
 from fedmoe_sim.config import CNN_FAMILIES, PFEDMOE_FAMILIES, ConfigError
 from strategies.btm import BTMStrategy
 from strategies.btx import BTXStrategy
@@ -31,6 +32,7 @@ from strategies.local import LocalStrategy
 from strategies.metamoe import MetaMoEStrategy
 from strategies.modelsoup import ModelSoupStrategy
 from strategies.pfedmoe import PFedMoEStrategy
+from strategies.pfedsim import PFedSimStrategy
 from strategies.separate import SeparateExpertsStrategy
 from strategies.unrestricted import UnrestrictedMoEStrategy
 from strategies.zeroshot import ZeroShotStrategy
@@ -70,6 +72,9 @@ METHODS: dict[str, Method] = {
                _CLIENT_MOE),
         Method("local-moe", LocalStrategy, clients.local, "Local-only with the client MoE (nothing shared)",
                _CLIENT_MOE),
+        Method("pfedsim", PFedSimStrategy, clients.pfedsim,
+               "pFedSim: FedAvg warm-up, then per-client LoRA experts mixed by classifier (head) similarity; "
+               "the head stays personal", {"model.train_head": True}),
         Method("pfedmoe", PFedMoEStrategy, clients.pfedmoe,
                "pFedMoE: heterogeneous local expert + shared global expert mixed by a per-client gate; "
                "only the global expert is uploaded and averaged", _PFEDMOE),
@@ -106,7 +111,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "classic": ("fedavg", "local", "fedavg-moe", "local-moe", "fedavg-cnn", "standalone"),
     "unification": ("metamoe", "metamoe-no-dpp", "metamoe-no-context", "metamoe-no-proxy-training", "flexolmo", "btx",
                     "btm", "modelsoup", "separate", "zeroshot", "unrestricted"),
-    "personalised": ("fedmoe-da", "pfedmoe", "lg-fedavg", "fedgh"),
+    "personalised": ("fedmoe-da", "pfedsim", "pfedmoe", "lg-fedavg", "fedgh"),
 }
 if sorted(n for names in FAMILIES.values() for n in names) != sorted(METHODS):
     raise RuntimeError("every registered method needs exactly one family in FAMILIES")

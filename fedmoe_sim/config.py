@@ -93,6 +93,8 @@ class ModelConfig:
     families: str = ""                 # comma list of model families (backbone names), client i gets
                                        # families[i mod len] (model-heterogeneous FL); "" = model.backbone for all
     gate_hidden: int = 64              # pfedmoe-*: gate hidden width m (not published: ours)
+    train_head: bool = False           # mixer: the pretrained head becomes a second trainable part, "head"
+                                       # (pFedSim's personal classifier; ours); false: the head stays frozen
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -110,6 +112,9 @@ class ModelConfig:
             _fail("model.lora_alpha", self.lora_alpha, "> 0")
         if self.moe_top_k > self.moe_experts:
             _fail("model.moe_top_k", self.moe_top_k, f"<= model.moe_experts ({self.moe_experts})")
+        if self.train_head and set(self.family_list) != {"mixer"}:
+            raise ConfigError(f"model.train_head=true needs model.backbone=mixer and no other model.families (only "
+                              f"the digits mixer has this option; got {', '.join(self.family_list)})")
 
     @property
     def family_list(self) -> tuple[str, ...]:
@@ -301,6 +306,18 @@ class FedGHConfig:
 
 
 @dataclass(frozen=True)
+class PFedSimConfig:
+    """pFedSim (Tan et al. 2023): FedAvg warm-up, then similarity-weighted personalised extractors."""
+
+    warmup: float = 0.5                # share of federation.rounds run as plain FedAvg first, in [0, 1)
+                                       # (FL-bench's default 0.5); rounds = floor(rounds * warmup)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup < 1:
+            _fail("pfedsim.warmup", self.warmup, "a share of the rounds in [0, 1)")
+
+
+@dataclass(frozen=True)
 class FaultsConfig:
     """Injected client faults in training phases, drawn per (seed, round, client): a crash
     (the client reports an error), a hang (its result never arrives: the server's wait for
@@ -383,12 +400,13 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
                                   # the pinned configs and the main job): they change nothing there
                                   "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
                                   "federation.wire": "fedmoe", "federation.min_replies": 1.0,
-                                  "federation.straggler_timeout": 30.0,
+                                  "federation.straggler_timeout": 30.0, "model.train_head": False,
                                   **{f"faults.{k}": 0.0 for k in FAULT_KINDS}}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fedgh": ("fedgh",)}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fedgh": ("fedgh",),
+                                                "pfedsim": ("pfedsim",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
 NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib", "simulation.ray_address",
                 "federation.checkpoint_every", "faults.slow_s", "resume", "log")
@@ -409,6 +427,7 @@ class RunConfig:
     metamoe: MetaMoEConfig = field(default_factory=MetaMoEConfig)
     fedmoe_da: FedMoEDAConfig = field(default_factory=FedMoEDAConfig)
     fedgh: FedGHConfig = field(default_factory=FedGHConfig)
+    pfedsim: PFedSimConfig = field(default_factory=PFedSimConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     resume: bool = False               # continue the run in `out` from its last checkpoint (CLI: --resume DIR)
     log: str = ""                      # also write per-round records for a tracker: "" or "tensorboard" (CLI: --log)

@@ -6,7 +6,9 @@ So the backbone is pretrained on the benchmark's clean base digits, from seed 0
 whatever the run seed (it plays the "public pretrained model"), and cached on
 disk; the domains then shift away from that base. The expert is rank-r LoRA on
 the channel FFN of every block (the transformer-FFN analogue); token mixing (the
-attention analogue), the embedding, the norms and the head stay frozen.
+attention analogue), the embedding, the norms and the head stay frozen, unless
+model.train_head makes the head a second trainable part (a personal classifier
+for pFedSim), which then starts from its pretrained weights.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmoe_sim.config import ModelConfig
-from fedmoe_sim.models.expert_model import ExpertModel
+from fedmoe_sim.models.expert_model import EXPERT, ExpertModel
 from fedmoe_sim.models.lora import LoRALinear, lora_disabled
 
+HEAD = "head"    # part (model.train_head): the classifier, `head.weight` [classes, D] and `head.bias` [classes]
+HEAD_WEIGHT = "head.weight"   # row c: class c's direction (pFedSim's similarity proxy)
 PATCH = 4        # pixels per patch side
 IMAGE = 8        # image side: 8x8 -> 4 tokens of 16 pixels per channel
 
@@ -122,7 +126,9 @@ class MixerExpertModel(ExpertModel):
     """Pretrained frozen Mixer + rank-r LoRA on every block's fc1 and fc2 (the expert).
 
     Expert names: `blocks.{i}.ffn.fc{1,2}.lora_{A,B}` (A `[r, in]`, B `[out, r]`),
-    4 tensors per block. The head is pretrained with the backbone and frozen.
+    4 tensors per block. The head is pretrained with the backbone and frozen; with
+    model.train_head it is the part "head" (`head.weight`, `head.bias`), reset to the
+    pretrained weights, so the initial model is the same with or without it.
     """
 
     def __init__(self, backbone_state: dict[str, torch.Tensor], in_channels: int, num_classes: int,
@@ -142,8 +148,22 @@ class MixerExpertModel(ExpertModel):
                 layer = getattr(block.ffn, fc)
                 named[f"blocks.{i}.ffn.{fc}.lora_A"] = layer.lora_A
                 named[f"blocks.{i}.ffn.{fc}.lora_B"] = layer.lora_B
-        self._register_expert(named)
+        if cfg.train_head:
+            head = self.net.head
+            tensors = {HEAD_WEIGHT: head.weight, "head.bias": head.bias}
+            self._head_init = {k: p.detach().cpu().numpy().copy() for k, p in tensors.items()}
+            self._register_parts({EXPERT: named, HEAD: tensors})
+        else:
+            self._head_init = {}
+            self._register_expert(named)
         self.reset_expert(0)
+
+    def reset_expert(self, seed: int) -> None:
+        """LoRA as `ExpertModel.reset_expert` (its draws come first in sorted-name order, so they
+        do not depend on the head option); a trainable head goes back to its pretrained weights."""
+        super().reset_expert(seed)
+        if self._head_init:
+            self.load_part(HEAD, self._head_init)
 
     def prepare(self, x) -> torch.Tensor:
         t = torch.as_tensor(x, dtype=torch.float32)

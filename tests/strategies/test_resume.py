@@ -150,7 +150,7 @@ def test_every_registered_strategy_checkpoints_and_restores_its_state(name, tmp_
     from fedmoe_sim.workspace import get_workspace
     from strategies._federation import Federation
 
-    experiment = "digits-quick" if name in EXPERIMENTS["digits-quick"].strategies else "pfedmoe-digits"
+    experiment = next(n for n, exp in EXPERIMENTS.items() if name in exp.strategies)   # the method's own setting
     cfg = build_config(experiment, {"strategy": name, "model.pretrain_steps": 200, "data.samples_per_client": 20})
     ws = get_workspace(cfg)
     method = registry.get_method(name)
