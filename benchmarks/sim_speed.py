@@ -54,6 +54,7 @@ import psutil  # noqa: E402
 
 from experiments.registry import METHODS  # noqa: E402
 from experiments.runner import backend_config, quiet_flower, run_many  # noqa: E402
+from fedmoe_sim.progress import Progress, SweepProgress  # noqa: E402
 
 from _workloads import WORKLOADS, workload_config  # noqa: E402
 
@@ -193,13 +194,16 @@ def run_ours(cells, strategy, rounds, out_root: Path, rss: TreeRSS) -> dict:
 
     started: list[float] = []
 
-    def mark(i, cfg):
-        started.append(time.monotonic())
-        rss.label = "b:%s:%d/%d" % cells[i]
-        log(f"(b) ours     {cells[i][0]:9s} {cells[i][1]:4d}/{cells[i][2]} clients")
-        return ""
+    class Marks(SweepProgress):
+        """No progress output: notes when each run's rounds start, and labels its RSS samples."""
 
-    summaries = run_many(cfgs, prefix=mark, show_progress=False)
+        def run(self, i: int, total_rounds: int, first_round: int = 1) -> Progress:
+            started.append(time.monotonic())
+            rss.label = "b:%s:%d/%d" % cells[i]
+            log(f"(b) ours     {cells[i][0]:9s} {cells[i][1]:4d}/{cells[i][2]} clients")
+            return super().run(i, total_rounds, first_round)
+
+    summaries = run_many(cfgs, Marks([str(c) for c in cells], enabled=False))
     rss.label = "idle"
     out = {}
     for cell, cfg, summary, t_start in zip(cells, cfgs, summaries, started, strict=True):

@@ -1,4 +1,4 @@
-"""`fedmoe-sim`: run, list and show experiments (compare lives in experiments/compare.py).
+"""`fedmoe-sim`: run, compare, list and show experiments; a thin layer over experiments/api.py.
 
 Every user mistake (unknown name, bad value, missing file) ends in one line on
 stderr naming the value and what is allowed, and exit code 2; no traceback.
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fedmoe_sim.config import ConfigError, RunConfig, flatten, known_keys, parse_assignments, resolve_config
-from fedmoe_sim.results import RunRecorder, RunSummary, read_summary
+from fedmoe_sim.results import RunRecorder, RunSummary
 from fedmoe_sim.checkpoint import CHECKPOINT
 
 EXIT_USAGE = 2
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(probabilities per client and round; slow_s=SECONDS)")
     run.add_argument("--resume", metavar="DIR", help="continue the killed run in DIR from its last checkpoint "
                                                      "(its recorded config; other options must agree with it)")
+    run.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard event files (docs/tracking.md)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     sub.add_parser("experiments", help="list the experiment catalogue")
@@ -62,8 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    from experiments.compare import add_compare_parser
-    add_compare_parser(sub)
+    cmp = sub.add_parser("compare", help="run strategies x grid points x seeds; tables with 95%% CIs and "
+                                         "p-values, plots, report")
+    cmp.add_argument("--experiment", default="digits-domains", help="catalogue entry (fedmoe-sim experiments)")
+    cmp.add_argument("--strategies", default="", help="comma list (default: the experiment's own list)")
+    cmp.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
+    cmp.add_argument("--grid", action="append", default=[], metavar="[STRATEGY,...:]KEY=V1,V2,...",
+                     help="vary a config key (repeatable: the cartesian product, crossed with strategies and seeds); "
+                          "STRATEGY,...: limits it to those strategies")
+    cmp.add_argument("--baseline", default="", help="variant the paired differences refer to (default: the first)")
+    cmp.add_argument("--out", default="", help="sweep directory (default results/compare-<experiment>)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard event files for every run")
+    cmp.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -78,6 +90,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, object]:
     if getattr(args, "faults", None):
         from fedmoe_sim.faults import parse_faults
         values.update(parse_faults(args.faults))
+    if getattr(args, "log", None):
+        values["log"] = args.log
     return values
 
 
@@ -115,26 +129,25 @@ def prepare_run(cfg: RunConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from experiments.api import run_config
     from experiments.catalogue import build_config
-    from experiments.runner import run_simulation
 
-    cfg = resume_config(args) if args.resume else build_config(args.experiment, run_overrides(args))
-    if cfg.resume and RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash()):
-        print(f"{cfg.out} is already complete; nothing to resume")
-        print(headline(RunSummary.from_dict(read_summary(cfg.out))))
-        return 0
-    prepare_run(cfg)
-    summary = run_simulation(cfg, show_progress=not args.quiet)
+    if args.resume:
+        cfg = recorded_config(Path(args.resume), run_overrides(args), args.out)
+        if RunRecorder.is_complete(Path(cfg.out), cfg.identity_hash()):
+            print(f"{cfg.out} is already complete; nothing to resume")
+    else:
+        cfg = build_config(args.experiment, run_overrides(args))
+    summary = RunSummary.from_dict(run_config(cfg, progress=not args.quiet))
     print(headline(summary))
     if cfg.out:
         print(f"results in {cfg.out}/ (config.json, rounds.csv, rounds.jsonl, ledger.csv, summary.json)")
     return 0
 
 
-def resume_config(args: argparse.Namespace) -> RunConfig:
-    """The config recorded in the run directory, with resume on; options given beside
+def recorded_config(out: Path, overrides: dict[str, object], out_flag: str | None = None) -> RunConfig:
+    """The config recorded in the run directory, with resume on; overrides given beside
     --resume must leave its identity unchanged (checked by check_out_dir)."""
-    out = Path(args.resume)
     recorded = out / "config.json"
     if not recorded.is_file():
         raise ConfigError(f"--resume {out}: no fedmoe-sim run there (no config.json)")
@@ -142,9 +155,9 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
         base = flatten(json.loads(recorded.read_text())["config"])
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"--resume {out}: config.json is unreadable ({exc})") from None
-    if args.out is not None and Path(args.out) != out:
-        raise ConfigError(f"--resume {out} and --out {args.out} name different directories")
-    return resolve_config(base, {**run_overrides(args), "out": str(out), "resume": True})
+    if out_flag is not None and Path(out_flag) != out:
+        raise ConfigError(f"--resume {out} and --out {out_flag} name different directories")
+    return resolve_config(base, {**overrides, "out": str(out), "resume": True})
 
 
 def headline(summary) -> str:
@@ -188,13 +201,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "experiments": cmd_experiments, "strategies": cmd_strategies, "show": cmd_show}
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} must be a comma list of integers (got {text!r})") from None
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"--{what} must list distinct integers (got {text!r})")
+    return values
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from experiments.api import compare
+    from experiments.compare import GridAxis
+
+    overrides = parse_assignments(args.overrides)
+    if args.log:
+        overrides["log"] = args.log
+    result = compare(args.experiment, [s.strip() for s in args.strategies.split(",") if s.strip()],
+                     _int_list(args.seeds, "seeds"), grid=[GridAxis.parse(g) for g in args.grid],
+                     baseline=args.baseline, out=args.out, overrides=overrides, progress=not args.quiet)
+    print(result.table_md)
+    print(f"\ntables, plots and report in {result.out}/ (table.md, table.csv, runs.csv, report.md, *.png)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "experiments": cmd_experiments, "strategies": cmd_strategies,
+            "show": cmd_show}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.compare import cmd_compare
-
-    COMMANDS["compare"] = cmd_compare
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from functools import partial
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -21,6 +22,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmoe_sim.config import RunConfig
+from fedmoe_sim.progress import SweepProgress
 from fedmoe_sim.results import RunSummary
 
 RUN_ID = 1
@@ -116,14 +118,16 @@ _TASKS = itertools.count(1)
 
 
 def run_inprocess(cfgs: list[RunConfig], grid: InProcessGrid | None = None, num_nodes: int = 2,
-                  show_progress: bool = False) -> list[RunSummary]:
-    """Run configs one after another on an in-process grid (the server side is `run_server`)."""
+                  sweep: SweepProgress | None = None) -> list[RunSummary]:
+    """Run configs one after another on an in-process grid (the server side is `run_server`);
+    run i reports to `sweep.run(i, ...)` (None: no progress output)."""
     from experiments.registry import get_method
     from strategies._loop import run_server
 
     grid = grid or InProcessGrid(num_nodes)
     out = []
-    for cfg in cfgs:
+    for i, cfg in enumerate(cfgs):
+        progress = partial(sweep.run, i) if sweep is not None else None
         with _identity(SERVER_NODE):
-            out.append(run_server(grid, cfg, get_method(cfg.strategy), show_progress=show_progress))
+            out.append(run_server(grid, cfg, get_method(cfg.strategy), progress))
     return out

@@ -19,10 +19,10 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable
 
 from experiments.flower_patches import shorten_message_pickup
 from fedmoe_sim.config import ConfigError, RunConfig
+from fedmoe_sim.progress import SweepProgress
 from fedmoe_sim.results import RunSummary
 
 
@@ -106,19 +106,21 @@ def quiet_flower() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def run_simulation(cfg: RunConfig, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
+def run_simulation(cfg: RunConfig, show_progress: bool = True) -> RunSummary:
     """Run cfg in a Flower simulation (a local Ray, or the cluster at simulation.ray_address) and
-    return its summary (also written under cfg.out)."""
-    return run_many([cfg], lambda i, c: progress_prefix, show_progress)[0]
+    return its summary (also written under cfg.out); progress as a sweep of this one run."""
+    with SweepProgress([f"{cfg.strategy} seed {cfg.seed}"], enabled=show_progress) as sweep:
+        return run_many([cfg], sweep)[0]
 
 
-def run_many(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | None = None,
-             show_progress: bool = True) -> list[RunSummary]:
+def run_many(cfgs: list[RunConfig], sweep: SweepProgress | None = None) -> list[RunSummary]:
     """Run several configs one after another in ONE simulation (one Ray start-up).
 
     Clients dispatch on the run config carried by every task, and their
     per-process caches are keyed by it, so a sweep over strategies and seeds
     shares the workers. All configs must agree on the simulation settings.
+    Run i reports to `sweep.run(i, ...)`; the caller enters the sweep (`with`), so its live
+    display spans Ray's start-up too. None: no progress output.
     """
     if not cfgs:
         return []
@@ -140,7 +142,7 @@ def run_many(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | No
     from strategies.app import make_server_app
 
     results: list[RunSummary] = []
-    server_app = make_server_app(cfgs, prefix, show_progress, results)
+    server_app = make_server_app(cfgs, sweep, results)
     flwr_run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -150,3 +152,4 @@ def run_many(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | No
     if len(results) != len(cfgs):
         raise RuntimeError(f"the simulation finished {len(results)} of {len(cfgs)} runs; see the log above for the server error")
     return results
+

@@ -26,6 +26,7 @@ from fedmoe_sim import wire
 from fedmoe_sim.aggregation.robust import aggregate
 from fedmoe_sim.config import ConfigError, RunConfig
 from fedmoe_sim.models.expert_model import EXPERT
+from fedmoe_sim.results.tracking import check_logger
 from fedmoe_sim.workspace import Workspace
 from strategies._federation import Federation
 
@@ -100,8 +101,10 @@ class Strategy:
 
 def check_method(strategy: type[Strategy], cfg: RunConfig, ws: Workspace | None) -> None:
     """Everything that must hold before a run of `strategy` starts: a message layout it speaks,
-    then its own `check_config` (every edge calls this, so no method can skip the first)."""
+    a tracker (`log`) this environment can run, then its own `check_config` (every edge calls
+    this, so no method can skip the first two)."""
     check_wire(strategy, cfg)
+    check_logger(cfg.log)
     strategy.check_config(cfg, ws)
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +50,8 @@ def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress:
     pending = set(grid.push_messages(messages))
     replies: list[Message] = []
     done = 0
+    if progress is not None:
+        progress.update(server_round, phase, done, asked)   # the phase shows from the push, not the first reply
     deadline = time.monotonic() + timeout
     quorum_met = quorum >= 1         # the default waits for everyone: no earlier deadline to set
     while pending and time.monotonic() < deadline:
@@ -78,9 +80,14 @@ def warm_up(grid: Grid, timeout: float) -> None:
     push_pull(grid, [Message(RecordDict(), node, MessageType.QUERY) for node in nodes], timeout)
 
 
-def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", show_progress: bool = True) -> RunSummary:
+def run_server(grid: Grid, cfg: RunConfig, method,
+               progress: Callable[[int, int], Progress] | None = None) -> RunSummary:
     """Run `method` (an experiments.registry.Method) for cfg.federation.rounds rounds; with
-    cfg.resume, from the run directory's last checkpoint (if it has one)."""
+    cfg.resume, from the run directory's last checkpoint (if it has one).
+
+    `progress(total_rounds, first_round)` makes the run's `Progress` (e.g. `SweepProgress.run`
+    bound to the run's index); it is called once the checkpoint says where the run starts, so a
+    resumed run's ETA counts only the rounds run here. None: no progress output."""
     check_wire(method.strategy, cfg)   # also where no check_config ran first (the Python runner, tests)
     t_start = time.monotonic()
     ws = get_workspace(cfg)
@@ -97,14 +104,14 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
         first_round, last = int(saved["round"]) + 1, dict(saved["last"])
         t_start -= float(saved["wall_s"])
         log.info("resuming %s seed %d from its round-%d checkpoint", cfg.strategy, cfg.seed, first_round - 1)
-    recorder = RunRecorder(cfg.out, json.loads(cfg.to_json()), cfg.identity_hash(),
+    recorder = RunRecorder(cfg.out, json.loads(cfg.to_json()), cfg.identity_hash(), log=cfg.log,
                            resume_after=first_round - 1 if saved is not None else None) if cfg.out else None
     fed.connect(grid)
-    progress = Progress(rounds, prefix=progress_prefix, enabled=show_progress, first_round=first_round)
+    run_progress = progress(rounds, first_round) if progress is not None else None
 
     def exchange(outbox: wire.Outbox, server_round: int) -> wire.Unpacked:
-        replies = push_pull(grid, fed.messages(server_round, outbox), timeout, progress, server_round, outbox.phase,
-                            cfg.federation.min_replies, cfg.federation.straggler_timeout)
+        replies = push_pull(grid, fed.messages(server_round, outbox), timeout, run_progress, server_round,
+                            outbox.phase, cfg.federation.min_replies, cfg.federation.straggler_timeout)
         return fed.collect(server_round, replies, outbox)
 
     def evaluate(server_round: int) -> dict[str, float]:
@@ -132,8 +139,9 @@ def run_server(grid: Grid, cfg: RunConfig, method, progress_prefix: str = "", sh
                 server_round % cfg.federation.checkpoint_every == 0:
             save_checkpoint(cfg, server_round, fed, strategy, row, time.monotonic() - t_start)
         acc = row.get("acc-mean")
-        progress.round_done(server_round, len(fed.train_cohort(server_round)),
-                            f"acc {100 * acc:.1f}%" if acc is not None else "")
+        if run_progress is not None:
+            run_progress.round_done(server_round, len(fed.train_cohort(server_round)),
+                                    f"acc {100 * acc:.1f}%" if acc is not None else "")
     summary = _summary(cfg, last, fed, strategy.per_client, ws.data_fingerprint, time.monotonic() - t_start)
     if recorder is not None:
         recorder.ledger(fed.ledger.rows())   # once: rewriting it every round grows with rounds x clients

@@ -9,7 +9,7 @@ base values, and every run-config key that is not "" (pyproject's placeholder fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from functools import partial
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from experiments.catalogue import build_config
 from experiments.registry import get_method
 from fedmoe_sim.config import ConfigError, RunConfig
+from fedmoe_sim.progress import SweepProgress
 from fedmoe_sim.workspace import get_workspace
 from strategies._base import check_method
 from strategies._loop import run_server, warm_up
@@ -35,7 +36,9 @@ def main(grid: Grid, context: Context) -> None:
     except (ConfigError, ValueError) as exc:
         log.error("bad run config: %s", exc)
         raise SystemExit(2) from None
-    run_server(grid, cfg, method)
+    # lines, never a live display: Flower forwards this process's output to `flwr log`
+    with SweepProgress([f"{cfg.strategy} seed {cfg.seed}"], live=False) as sweep:
+        run_server(grid, cfg, method, partial(sweep.run, 0))
 
 
 def config_from_run_config(run_config: dict) -> RunConfig:
@@ -44,11 +47,13 @@ def config_from_run_config(run_config: dict) -> RunConfig:
     return build_config(str(values.pop("experiment", "digits-domains")), values)
 
 
-def make_server_app(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], str] | None = None,
-                    show_progress: bool = True, results: list | None = None) -> ServerApp:
+def make_server_app(cfgs: list[RunConfig], sweep: SweepProgress | None = None,
+                    results: list | None = None) -> ServerApp:
     """A ServerApp that runs already validated configs one after another (the Python runner's path).
 
-    Each run's summary is appended to `results`: run_simulation itself returns nothing.
+    Run i reports to `sweep.run(i, ...)` (None: no progress output); the caller owns the sweep's
+    `with`, which outlives this app. Each run's summary is appended to `results`:
+    run_simulation itself returns nothing.
     """
     methods = [get_method(cfg.strategy) for cfg in cfgs]
     server_app = ServerApp()
@@ -57,7 +62,7 @@ def make_server_app(cfgs: list[RunConfig], prefix: Callable[[int, RunConfig], st
     def _main(grid: Grid, context: Context) -> None:
         warm_up(grid, cfgs[0].federation.round_timeout)
         for i, (cfg, method) in enumerate(zip(cfgs, methods, strict=True)):
-            summary = run_server(grid, cfg, method, prefix(i, cfg) if prefix else "", show_progress)
+            summary = run_server(grid, cfg, method, partial(sweep.run, i) if sweep is not None else None)
             if results is not None:
                 results.append(summary)
 

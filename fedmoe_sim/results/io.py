@@ -13,6 +13,7 @@ Layout of a run directory (all written by `RunRecorder`):
     ledger.csv     the byte ledger, one row per round / direction / client
     events.jsonl   per round: faults injected, updates rejected (client -> reason), clients and nodes missed
     checkpoint.npz the server's state after the last checkpointed round (--resume); removed once finished
+    tensorboard/   with log="tensorboard": the round records as TensorBoard event files (`tracking`)
     summary.json   `RunSummary` + status "complete"; absent until the run finished
 """
 
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -275,10 +277,15 @@ class RunRecorder:
     rounds.jsonl: a run is recorded from round one or not at all. A resumed run
     (`resume_after=K`, the checkpoint's round) keeps the records of rounds 1..K and
     drops any later ones, which the killed process wrote past its checkpoint.
+
+    `log` names a tracker (`tracking.open_tracker`: "" = none, "tensorboard") that gets every
+    round record too; a fresh start also clears the tracker files of an earlier attempt.
     """
 
     def __init__(self, out_dir: str | os.PathLike, config_dict: dict[str, Any], config_hash: str,
-                 resume_after: int | None = None) -> None:
+                 resume_after: int | None = None, log: str = "") -> None:
+        from .tracking import TENSORBOARD_DIR, open_tracker
+
         self.out_dir = Path(out_dir)
         self.config_hash = config_hash
         self._t0 = time.monotonic()
@@ -292,9 +299,12 @@ class RunRecorder:
             recorded = json.loads((self.out_dir / CONFIG).read_text())
             recorded.setdefault("resumed", []).append({"after_round": resume_after, "at": _now()})
             atomic_write_json(self.out_dir / CONFIG, recorded)
+            self._tracker = open_tracker(log, self.out_dir, config_dict, config_hash, resume_after, self._rows)
             return
         for name in (ROUNDS_JSONL, ROUNDS_CSV, LEDGER, EVENTS):
             (self.out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / TENSORBOARD_DIR, ignore_errors=True)
+        self._tracker = open_tracker(log, self.out_dir, config_dict, config_hash)
         atomic_write_json(self.out_dir / CONFIG, {
             "schema_version": SCHEMA_VERSION,
             "config": config_dict,
@@ -330,6 +340,8 @@ class RunRecorder:
         self._rows.append(record)
         keys = sorted({k for row in self._rows for k in row} - {"round"})
         write_csv_atomic(self.out_dir / ROUNDS_CSV, self._rows, ["round", *keys])
+        if self._tracker is not None:
+            self._tracker.log_round(record)
 
     def ledger(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite ledger.csv from the full ledger (columns in first-seen order)."""
@@ -345,6 +357,9 @@ class RunRecorder:
             d["wall_s"] = self.wall_s
         d["schema_version"] = d.get("schema_version", SCHEMA_VERSION)
         d["status"] = "complete"
+        if self._tracker is not None:     # before summary.json: a finished run has its whole view
+            self._tracker.close(d)
+            self._tracker = None
         atomic_write_json(self.out_dir / SUMMARY, d)
         return d
 

@@ -204,10 +204,14 @@ def render_markdown(rows: list[StrategyRow], domains: list[str], baseline: str |
         pairs = max((r.diff.n for r in rows if r.diff is not None), default=0)
         note += (f" Δ: accuracy minus `{_md_escape(baseline)}`'s in percentage points, paired by seed "
                  "(seeds both ran, on the same data partitions); an interval excluding 0 is a difference at that "
-                 "level. p: paired two-sided t-test of accuracy over those seeds, Holm-corrected across the "
-                 f"k = {k} comparisons shown; `—`: undefined (under 2 pairs, or the same difference on every "
-                 "seed).")
-        if 0 < pairs < 6:
+                 "level.")
+        if k:
+            note += (" p: paired two-sided t-test of accuracy over those seeds, Holm-corrected across the "
+                     f"k = {k} comparisons shown; `—`: undefined (under 2 pairs, or the same difference on every "
+                     "seed).")
+        else:
+            note += " p: `—` throughout: a paired test needs 2 or more paired seeds with differences that vary."
+        if k and pairs < 6:
             note += (f" With {pairs} paired seeds the test has little power: a large p is no evidence that two "
                      "methods are equal.")
     if routing:

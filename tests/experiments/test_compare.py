@@ -17,38 +17,46 @@ SMALL = ["--set", "federation.num_clients=4", "--set", "federation.rounds=2", "-
          "--set", "model.pretrain_steps=200", "--set", "train.local_epochs=1", "--set", "simulation.num_workers=2"]
 
 
+GRID = ["--grid", "train.lr=0.05,0.1", "--grid", "train.batch_size=8,16"]
+VARIANTS = [f"{s}[lr={lr},batch_size={b}]" for s in ("fedavg", "local") for lr in ("0.05", "0.1") for b in (8, 16)]
+
+
 def _compare(out: Path, seeds: str = "0,1") -> list[str]:
     return [sys.executable, "-m", "experiments.cli", "compare", "--experiment", "digits-domains",
-            "--strategies", "fedavg,local", "--seeds", seeds, "--out", str(out), "--quiet", *SMALL]
+            "--strategies", "fedavg,local", "--seeds", seeds, *GRID, "--out", str(out), "--quiet", *SMALL]
 
 
-def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+def test_a_killed_grid_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    """2x2 grid x 2 strategies x 2 seeds: killed mid-sweep, rerun, every variant in the table."""
     out = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_compare(out), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "runs" / "fedavg-seed0" / "summary.json"
+    runs = out / "runs"
     deadline = time.monotonic() + 240
-    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert first.exists(), "the first run never finished"
+    while len(list(runs.glob("*/summary.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert len(list(runs.glob("*/summary.json"))) >= 3, "the sweep never finished three runs"
     os.killpg(proc.pid, signal.SIGKILL)             # the whole tree, Ray included, mid-sweep
     proc.wait()
-    done_before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
-    assert 1 <= len(done_before) < 4
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    assert 3 <= len(done_before) < 16
 
     rerun = subprocess.run(_compare(out), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{len(done_before)} already complete" in rerun.stdout
+    assert f"16 runs of 8 variants ({len(done_before)} already complete" in rerun.stdout
     for name, mtime in done_before.items():       # finished runs were kept, not redone
-        assert (out / "runs" / name / "summary.json").stat().st_mtime_ns == mtime
-    assert len(list((out / "runs").glob("*/summary.json"))) == 4
+        assert (runs / name / "summary.json").stat().st_mtime_ns == mtime
+    assert len(list(runs.glob("*/summary.json"))) == 16
     table = (out / "table.md").read_text()
-    assert "fedavg" in table and "local" in table and "±" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "strategy" not in line]
+    assert sorted(r.split(" | ")[0][2:].removesuffix(" (baseline)") for r in rows) == sorted(VARIANTS)
+    assert "±" in table
     for png in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "per_domain.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    csv_text = (out / "table.csv").read_text()
-    assert "diff_acc_mean" in csv_text
+    assert "diff_acc_mean" in (out / "table.csv").read_text()
+    tidy = (out / "runs.csv").read_text().splitlines()
+    assert len(tidy) == 1 + 16 and tidy[0].startswith("variant,strategy,seed,train.lr,train.batch_size,")
 
 
 def test_a_directory_of_another_config_is_refused(tmp_path, capsys):
@@ -66,7 +74,7 @@ def test_a_directory_of_another_config_is_refused(tmp_path, capsys):
         (["--strategies", "fedavg,nope"], "unknown strategy 'nope'"),
         (["--seeds", "0,x"], "--seeds must be a comma list of integers"),
         (["--seeds", "1,1"], "--seeds must list distinct integers"),
-        (["--baseline", "fedprox"], "--baseline 'fedprox' is not among the compared strategies"),
+        (["--baseline", "fedprox"], "--baseline 'fedprox' is not one of the compared variants"),
         (["--set", "seed=3"], "--set seed=... is chosen by compare itself"),
         (["--set", "train.lr=-1"], "train.lr must be > 0"),
         (["--experiment", "cifar99"], "unknown experiment 'cifar99'"),
@@ -92,7 +100,7 @@ def test_unfinished_runs_continue_from_their_checkpoints(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_run_many(cfgs, prefix=None, show_progress=True):
+    def fake_run_many(cfgs, sweep=None):
         seen.extend(cfgs)
         raise KeyboardInterrupt        # stop before tables: only the hand-over is under test
 

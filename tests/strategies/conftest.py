@@ -18,7 +18,7 @@ def _simulate(cfgs):
 
     _federation.wire.read_replies = capture
     try:
-        return run_many(cfgs, show_progress=False), captured
+        return run_many(cfgs), captured
     finally:
         _federation.wire.read_replies = original
 

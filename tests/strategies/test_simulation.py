@@ -80,14 +80,13 @@ def test_both_strategies_saw_identical_partitions(sims):
 
 def test_training_beats_the_initial_expert(sims):
     """Sanity, not a benchmark: two rounds of either method help on the shifted domains."""
-    zero = run_many([build_config("digits-domains", {**SMALL, "federation.rounds": 0, "strategy": "fedavg"})],
-                    show_progress=False)[0]
+    zero = run_many([build_config("digits-domains", {**SMALL, "federation.rounds": 0, "strategy": "fedavg"})])[0]
     assert sims["fedavg"].final["client-eval/acc-mean"] > zero.final["client-eval/acc-mean"]
     assert sims["local"].final["client-eval/acc-mean"] > zero.final["client-eval/acc-mean"]
 
 
 def test_placement_does_not_change_the_numbers(sims, tmp_path):
     """Many clients per node (shard) and one client per node (partition) give the same run."""
-    pinned = run_many([_cfg(tmp_path, "fedavg", **{"federation.placement": "partition"})], show_progress=False)[0]
+    pinned = run_many([_cfg(tmp_path, "fedavg", **{"federation.placement": "partition"})])[0]
     assert pinned.final == sims["fedavg"].final
     assert pinned.bytes_up == sims["fedavg"].bytes_up

@@ -102,7 +102,7 @@ def test_constant_differences_have_no_p_value(tmp_path):
     assert math.isnan(rows["A"].p)
     md = write_table(summaries, "B", tmp_path)
     assert next(line for line in md.splitlines() if line.startswith("| A ")).split(" | ")[4] == "—"
-    assert "k = 0 comparisons" in md
+    assert "p: `—` throughout: a paired test needs 2 or more paired seeds" in md
 
 
 def test_markdown_table(summaries, tmp_path):
