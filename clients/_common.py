@@ -86,19 +86,33 @@ def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | Non
 
 def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn,
                  extra: Callable[[int], dict[str, float]] | None = None) -> list[wire.ClientResult]:
-    """Evaluate each client's model; `extra(cid)` adds a method's own numbers, called while the
-    client's state is still loaded in its family's model."""
-    def work(cid: int) -> wire.ClientResult:
-        ev = ws.evaluate_client(cid, state_of(cid))
+    """Evaluate each client's model (together when simulation.vectorise is on and no `extra`);
+    `extra(cid)` adds a method's own numbers, called while the client's state is still loaded
+    in its family's model."""
+    def result(cid: int, ev, more: dict[str, float]) -> wire.ClientResult:
         return wire.ClientResult(cid, {
             wire.NUM_EXAMPLES: ev.num_examples,
             wire.EVAL_LOSS: ev.loss,
             wire.ACC_OWN: ev.acc_own,
             wire.ACC_DOMAIN: ev.acc_domain,
             wire.DOMAIN: ev.domain,
-            **(extra(cid) if extra is not None else {}),
+            **more,
         })
-    return per_client(task, work)
+
+    if extra is not None or not ws.cfg.simulation.vectorise:
+        return per_client(task, lambda cid: result(cid, ws.evaluate_client(cid, state_of(cid)),
+                                                   extra(cid) if extra is not None else {}))
+    states: dict[int, State | None] = {}
+    out: dict[int, wire.ClientResult] = {}
+    for cid in task.client_ids:
+        try:
+            states[cid] = state_of(cid)
+        except MissingStateError as exc:
+            out[cid] = _missing(cid, exc)
+    cids = list(states)
+    for cid, ev in zip(cids, ws.evaluate_clients(cids, list(states.values())), strict=True):
+        out[cid] = result(cid, ev, {})
+    return [out[cid] for cid in task.client_ids]
 
 
 def from_server(task: wire.Task, part: str) -> StartFn:

@@ -104,17 +104,28 @@ def activation_bytes(model: nn.Module, inputs) -> int:
     return cache[key]
 
 
-def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
-                 seeds: Sequence[int], augment: bool | None) -> list[tuple[State, TrainStats]]:
-    device = model.device
+def _functional(model: ExpertModel, starts: Sequence[State]):
+    """The model as a function of its trainable tensors, and those tensors of every client
+    stacked along a leading axis: (call(params, x) -> logits, names, stacked params)."""
     names = list(model.expert_spec())
     path_of = {id(p): path for path, p in model.named_parameters()}
     trainable = {id(model._expert[k]) for k in names}
     paths = {k: path_of[id(model._expert[k])] for k in names}
     fixed = {path: p for path, p in model.named_parameters() if id(p) not in trainable}
     fixed.update(dict(model.named_buffers()))
-    params = {k: torch.stack([torch.as_tensor(np.asarray(s[k]), dtype=torch.float32) for s in starts]).to(device)
+    params = {k: torch.stack([torch.as_tensor(np.asarray(s[k]), dtype=torch.float32) for s in starts]).to(model.device)
               for k in names}
+
+    def call(p: dict[str, torch.Tensor], x):
+        return functional_call(model, {**fixed, **{paths[k]: v for k, v in p.items()}}, (x,))
+
+    return call, names, params
+
+
+def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,
+                 seeds: Sequence[int], augment: bool | None) -> list[tuple[State, TrainStats]]:
+    device = model.device
+    call, names, params = _functional(model, starts)
     momentum = {k: torch.zeros_like(v) for k, v in params.items()}
     inputs = [x for x, _ in data]
     labels = [y for _, y in data]
@@ -124,7 +135,7 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
     per_epoch = steps_per_epoch(sizes[0], cfg)     # one group: equal steps per epoch
 
     def loss_of(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
-        logits = functional_call(model, {**fixed, **{paths[k]: v for k, v in p.items()}}, (x,))
+        logits = call(p, x)
         loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
         return loss, logits
 
@@ -149,6 +160,60 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
         out.append((state, TrainStats(loss=float(loss_sum[i]) / max(n, 1), accuracy=int(correct[i]) / max(n, 1),
                                       steps=len(schedules[i]))))
     return out
+
+
+@torch.no_grad()
+def evaluate_many(model: ExpertModel, states: Sequence[State], data: Sequence[tuple], batch_size: int = 512,
+                  max_bytes: int = 1 << 30) -> list[tuple[float, float]]:
+    """`training.evaluate` (mean cross-entropy, accuracy) of every client i's `states[i]` on
+    `data[i]` = (inputs, labels), the clients in one vectorised forward per batch. Clients that
+    share one test set (the same tensor object: a domain's held-out set) read it once."""
+    if not can_vectorise(model):
+        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: evaluate its clients one by one")
+    out: list[tuple[float, float]] = [(float("nan"), float("nan"))] * len(states)
+    users = defaultdict(int)
+    for x, _ in data:
+        users[id(x)] += 1
+    groups: dict[int, list[int]] = defaultdict(list)     # clients sharing one inputs object; -1: the rest
+    for i, (x, y) in enumerate(data):
+        if int(y.shape[0]):
+            groups[id(x) if users[id(x)] > 1 else -1].append(i)
+    for key, members in groups.items():
+        shared = key != -1
+        first = data[members[0]][0]
+        per_client = max(1, activation_bytes(model, first) * min(batch_size, max(int(data[i][1].shape[0]) for i in members)))
+        chunk = max(1, int(max_bytes // per_client))
+        for lo in range(0, len(members), chunk):
+            part = members[lo:lo + chunk]
+            for i, result in zip(part, _evaluate_group(model, [states[i] for i in part], [data[i] for i in part],
+                                                       batch_size, shared), strict=True):
+                out[i] = result
+    model.eval()
+    return out
+
+
+def _evaluate_group(model: ExpertModel, states: Sequence[State], data: Sequence[tuple], batch_size: int,
+                    shared: bool) -> list[tuple[float, float]]:
+    call, _, params = _functional(model, states)
+    model.eval()
+    sizes = [int(y.shape[0]) for _, y in data]
+    loss_sum = torch.zeros(len(states), dtype=torch.float64)
+    correct = torch.zeros(len(states), dtype=torch.long)
+    forward = vmap(call, in_dims=(0, None) if shared else (0, 0))
+    for start in range(0, max(sizes), batch_size):
+        if shared:
+            idx = torch.arange(start, min(start + batch_size, sizes[0]))
+            xb, yb = ExpertModel.index(data[0][0], idx), data[0][1][idx.to(data[0][1].device)]
+            yb = yb.expand(len(states), -1)
+            wb = torch.ones(yb.shape, device=yb.device)
+        else:
+            steps = [(torch.arange(min(start, n), min(start + batch_size, n)), None) for n in sizes]
+            xb, yb, wb, _ = _batch([x for x, _ in data], [y for _, y in data], steps, model.device)
+        logits = forward(params, xb)
+        losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
+        loss_sum += (losses * wb).sum(-1).double().cpu()
+        correct += ((logits.argmax(-1) == yb) & (wb > 0)).sum(-1).cpu()
+    return [(float(loss_sum[i]) / n, int(correct[i]) / n) for i, n in enumerate(sizes)]
 
 
 def _batch(inputs, labels, steps, device):

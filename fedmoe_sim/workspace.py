@@ -178,6 +178,40 @@ class Workspace:
         return EvalStats(int(y.shape[0]), loss, acc_own, acc_domain, domain)
 
 
+    def evaluate_clients(self, cids: list[int], states: list[State | None]) -> list[EvalStats]:
+        """`evaluate_client` for each client; with simulation.vectorise, the clients of one model
+        family are evaluated together (`fedmoe_sim.vectorised.evaluate_many`): on their own
+        splits, and once per domain on that domain's held-out set."""
+        if not self.cfg.simulation.vectorise:
+            return [self.evaluate_client(c, s) for c, s in zip(cids, states, strict=True)]
+        from fedmoe_sim.vectorised import can_vectorise, evaluate_many
+
+        out: list = [None] * len(cids)
+        by_family: dict[str, list[int]] = {}
+        for i, cid in enumerate(cids):
+            by_family.setdefault(self.family_of(cid), []).append(i)
+        budget = self.cfg.simulation.vectorise_mib << 20
+        for family, members in by_family.items():
+            model = self.models[family]
+            if not can_vectorise(model) or len(members) == 1:
+                for i in members:
+                    out[i] = self.evaluate_client(cids[i], states[i])
+                continue
+            initial = self.initial_expert(family) if any(states[i] is None for i in members) else None
+            mine = [states[i] if states[i] is not None else initial for i in members]
+            own = evaluate_many(model, mine, [self.test_data(cids[i]) for i in members], max_bytes=budget)
+            domains = [self.splits[cids[i]].domain for i in members]
+            with_domain = [j for j, d in enumerate(domains) if d >= 0]
+            by_domain = evaluate_many(model, [mine[j] for j in with_domain],
+                                      [self.domain_test(domains[j], family) for j in with_domain], max_bytes=budget)
+            acc_domain = dict(zip(with_domain, (acc for _, acc in by_domain), strict=True))
+            for j, i in enumerate(members):
+                loss, acc_own = own[j]
+                out[i] = EvalStats(int(self.test_data(cids[i])[1].shape[0]), loss, acc_own,
+                                   acc_domain.get(j, float("nan")), domains[j])
+        return out
+
+
 def pick_device(cfg: RunConfig) -> str:
     """A worker trains on the GPU when it was given a GPU share and one is visible."""
     return "cuda" if cfg.simulation.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"

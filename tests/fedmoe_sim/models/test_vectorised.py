@@ -97,3 +97,27 @@ def test_a_small_memory_budget_chunks_the_clients_and_changes_nothing(model, dig
     for (a, _), (b, _) in zip(whole, chunked, strict=True):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], atol=1e-6)
+
+
+def test_vectorised_evaluation_gives_each_clients_loss_and_accuracy(model, digits_benchmark):
+    """Ragged own splits (one image to 60, an empty one) and one shared held-out set read once."""
+    from fedmoe_sim.training import evaluate
+    from fedmoe_sim.vectorised import evaluate_many
+
+    starts, data, _ = _clients(model, digits_benchmark)
+    empty = (data[0][0][:0], data[0][1][:0])
+    alone = []
+    for start, (x, y) in zip(starts, data, strict=True):
+        model.load_expert_state(start)
+        alone.append(evaluate(model, x, y, batch_size=16))
+    together = evaluate_many(model, [*starts, starts[0]], [*data, empty], batch_size=16)
+    assert all(v != v for v in together[-1])                       # empty split: (nan, nan), as alone
+    for (loss_a, acc_a), (loss_v, acc_v), (_, y) in zip(alone, together[:-1], data, strict=True):
+        assert loss_v == pytest.approx(loss_a, abs=1e-5)
+        assert abs(acc_v - acc_a) <= 1 / int(y.shape[0]) + 1e-12          # at most one near-tie flips
+    shared = data[-1]
+    on_shared = evaluate_many(model, starts, [shared] * len(starts), batch_size=16, max_bytes=1)  # one per chunk
+    for start, (loss_v, acc_v) in zip(starts, on_shared, strict=True):
+        model.load_expert_state(start)
+        loss_a, acc_a = evaluate(model, *shared, batch_size=16)
+        assert loss_v == pytest.approx(loss_a, abs=1e-5) and abs(acc_v - acc_a) <= 1 / 60
