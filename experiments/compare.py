@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmoe_sim.config import ConfigError, RunConfig
+from fedmoe_sim.config import NOT_IDENTITY, ConfigError, RunConfig
 
 SWEEP_FILE = "sweep.json"
 RUNS_CSV = "runs.csv"
@@ -225,11 +225,12 @@ def plan_sweep(experiment: str = "digits-domains", strategies: Sequence[str] = (
 
 def bind_sweep_dir(out: Path, base: RunConfig) -> None:
     """Create or reuse the sweep directory; refuse one made for another base config."""
-    identity = base.identity_hash(exclude=("out", "strategy", "seed"))
+    identity = _sweep_identity(base)
     manifest = out / SWEEP_FILE
     if manifest.exists():
-        recorded = json.loads(manifest.read_text()).get("base_config_hash")
-        if recorded != identity:
+        record = json.loads(manifest.read_text())
+        recorded = record.get("base_config_hash")
+        if recorded != identity and _recorded_identity(record) != identity:
             raise ConfigError(f"--out {out} holds a sweep of another config (hash {recorded}, this one {identity}); "
                               "choose a new directory")
     elif out.exists() and any(out.iterdir()):
@@ -239,6 +240,23 @@ def bind_sweep_dir(out: Path, base: RunConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, {"base_config_hash": identity, "experiment": base.experiment,
                                  "base_config": json.loads(base.to_json())})
+
+
+def _sweep_identity(base: RunConfig) -> str:
+    """What binds a sweep directory: the base config without what compare varies or where files go."""
+    return base.identity_hash(exclude=(*NOT_IDENTITY, "strategy", "seed"))
+
+
+def _recorded_identity(record: Mapping[str, Any]) -> str | None:
+    """The identity of the base config a sweep directory recorded, under today's keys (keys
+    added since take their defaults, which are their no-op values): older directories were bound
+    with another hash recipe, yet hold the same config."""
+    from fedmoe_sim.config import config_from_json
+
+    try:
+        return _sweep_identity(config_from_json(json.dumps(record["base_config"])))
+    except (KeyError, TypeError, ValueError):     # ConfigError is a ValueError: a key since removed, ...
+        return None
 
 
 def todo_runs(sweep: Sweep) -> list[PlannedRun]:
@@ -303,6 +321,8 @@ def summarise_sweep(sweep: Sweep) -> tuple[list[dict], list[dict], str]:
     if gates:
         paths.append(plots.plot_gate_vs_heterogeneity(gates, sweep.out / "gate_vs_heterogeneity.png",
                                                       families=families))
+    if any(r.point for r in sweep.runs):
+        paths.append(plot_tradeoff(sweep, summaries, families))
     tidy = tidy_runs(sweep, summaries)
     write_csv_atomic(sweep.out / RUNS_CSV, tidy, list(tidy[0]))
     seeds = sorted({r.seed for r in sweep.runs})
@@ -310,6 +330,21 @@ def summarise_sweep(sweep: Sweep) -> tuple[list[dict], list[dict], str]:
                         {"command": sweep.command, "seeds": seeds, "baseline": sweep.baseline,
                          "experiment": sweep.experiment})
     return summaries, tidy, table_md
+
+
+def plot_tradeoff(sweep: Sweep, summaries: Sequence[Mapping[str, Any]], families: Mapping[str, str]) -> Path:
+    """A grid's variants: final accuracy against server-bound bytes, per seed. Personalised
+    accuracy (each client on its own split) where the run has it, else the mean accuracy."""
+    from fedmoe_sim.results import plots
+    from fedmoe_sim.results.tables import run_metrics
+
+    metrics = [run_metrics(s) for s in summaries]
+    personal = all(m.get("client_acc") is not None for m in metrics)
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r, m in zip(sweep.runs, metrics, strict=True):
+        points.setdefault(r.variant, []).append((m["bytes_up"] or 0.0, m["client_acc"] if personal else m["acc"]))
+    y_label = "final accuracy, mean client on its own split (%)" if personal else "final mean accuracy (%)"
+    return plots.plot_grid_tradeoff(points, sweep.out / "grid_tradeoff.png", families=families, y_label=y_label)
 
 
 def _data_identity(cfg: RunConfig) -> str:

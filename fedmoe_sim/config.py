@@ -401,7 +401,7 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
                                   "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
                                   "federation.wire": "fedmoe", "federation.min_replies": 1.0,
                                   "federation.straggler_timeout": 30.0, "model.train_head": False,
-                                  **{f"faults.{k}": 0.0 for k in FAULT_KINDS}}
+                                  **{f"faults.{k}": 0.0 for k in FAULT_KINDS}, "log": ""}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method
 # (and its section) never changes the hash, and the resumability, of existing runs and sweeps.

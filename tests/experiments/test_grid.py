@@ -103,3 +103,20 @@ def test_partitions_may_differ_across_a_data_grid_but_not_within_a_data_point():
     bad[0]["data_fingerprint"] = "cccc"
     with pytest.raises(RuntimeError, match="different partitions"):
         check_identical_partitions(bad, cfgs)
+
+
+def test_a_sweep_directory_bound_by_an_older_recipe_is_reused_when_its_config_is_the_same(tmp_path):
+    import json
+
+    from experiments.compare import bind_sweep_dir
+
+    sweep = _plan(["fedavg"], [], tmp=tmp_path / "s")
+    flat = json.loads(sweep.base.to_json())
+    del flat["log"], flat["faults"]                  # keys added since, as an older directory lacks them
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({"base_config_hash": "older-recipe", "base_config": flat}))
+    bind_sweep_dir(sweep.out, sweep.base)            # same config: accepted, and rebound under today's hash
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["base_config_hash"] != "older-recipe"
+    other = _plan(["fedavg"], [], overrides={"train.lr": 0.07}, tmp=tmp_path / "s")
+    with pytest.raises(ConfigError, match="holds a sweep of another config"):
+        bind_sweep_dir(other.out, other.base)

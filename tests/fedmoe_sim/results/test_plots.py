@@ -1,18 +1,22 @@
-"""Plots: valid PNGs for every shape of input, series helpers computed by hand, one look per strategy and
-one panel per family, read from the figures the `_build_*` functions return."""
+"""Plots: valid PNGs for every shape of input, series helpers computed by hand, one look per strategy, one
+panel per family or per grid strategy, panels as tall as their legends, and the grid trade-off plot, read
+from the figures the `_build_*` functions return."""
 
+import inspect
 import math
+import warnings
 
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
-from matplotlib.container import BarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.markers import MarkerStyle
 
 from fedmoe_sim.results import plots
 from fedmoe_sim.results.plots import (accuracy_series, accuracy_vs_bytes_series, plot_accuracy_vs_bytes,
-                                      plot_accuracy_vs_round, plot_per_domain_bars)
+                                      plot_accuracy_vs_round, plot_grid_tradeoff, plot_per_domain_bars)
+from fedmoe_sim.results.stats import mean_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,14 +156,15 @@ def _series(label):
 
 
 def _line_styles(fig):
-    """[(series, colour, marker, linestyle, axes index)] over every panel of the figure."""
-    return [(_series(line.get_label()), to_hex(line.get_color()), line.get_marker(), line.get_linestyle(), k)
+    """[(series, colour, marker, linestyle, axes index)] over every panel of the figure. A line's gid is its
+    series (its label drops the strategy in a grid strategy's panel)."""
+    return [(line.get_gid(), to_hex(line.get_color()), line.get_marker(), line.get_linestyle(), k)
             for k, ax in enumerate(fig.axes) for line in ax.get_lines()]
 
 
 def _bar_styles(fig):
-    """[(series, facecolour, hatch, axes index)], one per strategy's bar container."""
-    return [(_series(c.get_label()), to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch(), k)
+    """[(series, facecolour, hatch, axes index)], one per strategy's bar container (each bar's gid: its series)."""
+    return [(c.patches[0].get_gid(), to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch(), k)
             for k, ax in enumerate(fig.axes) for c in ax.containers if isinstance(c, BarContainer)]
 
 
@@ -298,3 +303,237 @@ def test_public_plots_take_families_and_write_pngs(tmp_path):
     for plot, data in [(plot_accuracy_vs_round, _curves(names)), (plot_accuracy_vs_bytes, _byte_curves(names)),
                        (plot_per_domain_bars, _domains(names))]:
         _assert_png(plot(data, tmp_path / f"{plot.__name__}.png", families=fams))
+
+
+# ------------------------------------------------------------ grid sweeps: panels per strategy, legend room ----
+GRID = {"fedmoe-da": [f"top_p={p},tau={t},every={e}" for p in (1, 5) for t in ("0.3", "1") for e in (1, 5)],
+        **{s: [f"lr={lr},local_epochs={e}" for lr in ("0.01", "0.02", "0.03", "0.05") for e in (2, 5)]
+           for s in ("fedavg-moe", "local-moe", "fedavg", "local")}}
+GRID_NAMES = [f"{s}[{v}]" for s, values in GRID.items() for v in values]           # the 40 of fedmoe-da-tuning
+SINGLES = ["pfedmoe", "metamoe", "mystery"]      # one variant each; mystery's family is not in the mapping
+
+
+def _grid_families(names):
+    fams = {"fedmoe-da": "personalised", "pfedmoe": "personalised", "metamoe": "unification"}
+    return {n: fams.get(plots.strategy_of(n), "classic") for n in names if n != "mystery"}
+
+
+ALL_BUILDERS = [(plots._build_accuracy_vs_round, _curves), (plots._build_accuracy_vs_bytes, _byte_curves),
+                (plots._build_per_domain_bars, _domains)]
+
+
+def _build(builder, make, names, families):
+    return builder(make(names), level=0.95, title="t", families=families)
+
+
+def _drawn_by_panel(fig):
+    """{panel title: series drawn there} from the lines' or bars' gids."""
+    out = {}
+    for s, *_, k in _line_styles(fig) + _bar_styles(fig):
+        if s is None:                             # an error bar's cap, not a series
+            continue
+        out.setdefault(fig.axes[k].get_title(loc="left"), []).append(s)
+    return out
+
+
+def _inches(fig, bbox):
+    return bbox.height / fig.dpi
+
+
+@pytest.mark.parametrize("builder, make", ALL_BUILDERS)
+@pytest.mark.parametrize("names, families", [
+    (GRID_NAMES, {n: "classic" for n in GRID_NAMES}),       # family panels would hold 32 + 8: strategies instead
+    (GRID_NAMES, None),
+    ([f"s{i}" for i in range(30)] + MAIN[:3], {**{f"s{i}": "classic" for i in range(30)}, **FAMILIES}),  # 31 in one
+    ([f"s{i}" for i in range(40)], None),                   # one panel, legend outside on the right
+    (MAIN, FAMILIES),
+], ids=["grid-one-family", "grid-no-families", "31-in-one-family", "40-no-families", "main-16"])
+def test_panels_are_never_shorter_than_their_legends(builder, make, names, families):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # "constrained_layout not applied because axes sizes collapsed"
+        fig = _build(builder, make, names, families)
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        legends += 1
+        height = _inches(fig, ax.get_window_extent(renderer))
+        assert height >= _inches(fig, legend.get_window_extent(renderer)), ax.get_title(loc="left")
+        assert height > 1.5                       # a panel, not a sliver
+    assert legends >= 1
+
+
+def test_a_long_legend_grows_its_own_panel_and_leaves_the_others_as_today():
+    short = [f"s{k}[v={i}]" for k in range(5) for i in range(2)]              # 5 panels of 2 lines: today's look
+    long = [f"s{k}[v={i}]" for k in range(4) for i in range(2)] + [f"s4[v={i}]" for i in range(30)]
+    today = _build(plots._build_accuracy_vs_round, _curves, short, None)
+    grown = _build(plots._build_accuracy_vs_round, _curves, long, None)
+    for fig in (today, grown):
+        fig.canvas.draw()
+    heights = [[_inches(f, ax.get_window_extent()) for ax in f.axes] for f in (today, grown)]
+    assert today.get_size_inches()[1] == pytest.approx(0.8 + 2.8 * 5)      # unchanged where legends fit
+    assert all(h0 - 0.01 <= h <= 1.05 * h0 for h0, h in zip(heights[0][:4], heights[1][:4]))   # today's, about
+    assert heights[1][4] > 2 * heights[0][4]
+    assert grown.get_size_inches()[1] > today.get_size_inches()[1]
+
+
+@pytest.mark.parametrize("builder, make", ALL_BUILDERS)
+def test_grid_variants_get_one_panel_per_strategy_and_singles_share_their_familys(builder, make):
+    names = GRID_NAMES[:8] + ["pfedmoe"] + GRID_NAMES[8:] + SINGLES[1:]
+    fig = _build(builder, make, names, _grid_families(names))
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["fedmoe-da", "personalised (one variant each)", "fedavg-moe", "local-moe", "fedavg", "local",
+                      "unification (one variant each)", "other (one variant each)"]
+    panels = _drawn_by_panel(fig)
+    for strategy, values in GRID.items():
+        assert panels[strategy] == [f"{strategy}[{v}]" for v in values]
+    assert panels["personalised (one variant each)"] == ["pfedmoe"]
+    assert panels["other (one variant each)"] == ["mystery"]
+    # a strategy's panel names it once, in the title (its family on the right); its legend shows the grid values
+    da = fig.axes[0]
+    assert da.get_title(loc="right") == "personalised"
+    assert [t.get_text().split(" (n=")[0] for t in da.get_legend().get_texts()] == GRID["fedmoe-da"]
+    assert [t.get_text().split(" (n=")[0] for t in fig.axes[1].get_legend().get_texts()] == ["pfedmoe"]
+
+
+def test_grid_panels_without_families_put_the_single_variant_strategies_in_other():
+    names = GRID_NAMES[:16] + ["fedavg"]
+    fig = _build(plots._build_accuracy_vs_round, _curves, names, None)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["fedmoe-da", "fedavg-moe", "other (one variant each)"]
+    assert _drawn_by_panel(fig)["other (one variant each)"] == ["fedavg"]
+
+
+def test_few_grid_variants_stay_in_one_panel():
+    fig = _build(plots._build_accuracy_vs_round, _curves, GRID_NAMES[:8], None)
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == 8
+
+
+def test_a_strategy_none_of_whose_variants_communicates_says_so_once():
+    names = GRID_NAMES[:16]
+    data = _byte_curves(names)
+    data.update({n: [[(0, 0.5)]] for n in names[8:]})                       # fedavg-moe at 0 bytes throughout
+    fig = _build_lines(plots._build_accuracy_vs_bytes, data, None)
+    empty = fig.axes[1]
+    assert empty.get_title(loc="left") == "fedavg-moe" and empty.get_lines() == [] and empty.get_legend() is None
+    assert [t.get_text() for t in empty.texts] == ["fedavg-moe: all 8 variants not shown (0 bytes communicated)"]
+
+
+@pytest.mark.parametrize("builder, make", ALL_BUILDERS)
+def test_unique_styles_hold_across_all_panels_for_40_grid_variants(builder, make):
+    fig = _build(builder, make, GRID_NAMES, _grid_families(GRID_NAMES))
+    assert len(fig.axes) == 5
+    if builder is plots._build_per_domain_bars:
+        styles = _bar_styles(fig)
+        assert len({(c, h) for _, c, h, _ in styles}) == 40
+    else:
+        styles = _line_styles(fig)
+        assert len({(c, m) for _, c, m, _, _ in styles}) == 40
+    assert sorted(s for s, *_ in styles) == sorted(GRID_NAMES)
+    assert len({c for _, c, *_ in styles}) == len(plots.PALETTE)
+
+
+# ------------------------------------------------------------ grid trade-off ----
+MIB = 1024 ** 2
+TRADEOFF = {
+    "fedmoe-da[top_p=1]": [(1.2 * MIB, 0.65), (1.2 * MIB, 0.61), (1.2 * MIB, 0.66)],     # 3 seeds
+    "fedmoe-da[top_p=5]": [(1.2 * MIB, 0.60)],                                           # 1 seed
+    "fedavg[lr=0.01]": [(14 * MIB, 0.52), (14 * MIB, 0.56)],                             # 2 seeds
+    "fedavg[lr=0.05]": [(14 * MIB, 0.63), (14 * MIB, 0.62)],
+    "local[lr=0.01]": [(0, 0.66), (0, 0.70)],                                            # never talks to the server
+    "local[lr=0.05]": [(0, 0.77), (0, 0.79)],
+}
+
+
+def _tradeoff(points=TRADEOFF, families=None):
+    return plots._build_grid_tradeoff(points, level=0.95, title="t", x_label="bytes up", y_label="acc (%)",
+                                      families=families)
+
+
+def _markers(fig):
+    return {line.get_gid(): line for line in fig.axes[0].get_lines() if line.get_gid()}
+
+
+def test_tradeoff_draws_one_marker_per_variant_at_its_mean_on_a_log_axis():
+    fig = _tradeoff()
+    ax = fig.axes[0]
+    markers = _markers(fig)
+    assert sorted(markers) == sorted(n for n in TRADEOFF if not n.startswith("local"))
+    for name, line in markers.items():
+        xs, ys = zip(*TRADEOFF[name])
+        assert list(line.get_xdata()) == pytest.approx([sum(xs) / len(xs) / MIB])       # MiB: the data, not moved
+        assert list(line.get_ydata()) == pytest.approx([100 * sum(ys) / len(ys)])
+        assert line.get_linestyle() == "None"                                          # variants are not joined
+    assert ax.get_xscale() == "log" and "MiB, log scale" in ax.get_xlabel()
+
+
+def test_tradeoff_error_bars_only_where_there_are_several_seeds():
+    fig = _tradeoff()
+    spans = sorted(tuple(np.round(c.lines[2][0].get_segments()[0][:, 1], 6))
+                   for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer))
+    want = []
+    for name in ("fedmoe-da[top_p=1]", "fedavg[lr=0.01]", "fedavg[lr=0.05]"):      # not the one-seed variant
+        mean, hw = mean_ci([100 * y for _, y in TRADEOFF[name]], 0.95)
+        want.append((round(mean - hw, 6), round(mean + hw, 6)))
+    assert spans == sorted(want)
+    one = _tradeoff({"a[x=1]": [(10.0, 0.5)], "a[x=2]": [(20.0, 0.6)]})
+    assert not [c for c in one.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert "one seed: no CI" in one.axes[0].get_title()
+
+
+def test_tradeoff_drops_zero_byte_variants_with_a_note():
+    fig = _tradeoff()
+    ax = fig.axes[0]
+    assert "0 bytes, off the log axis" in ax.get_title() and "local (2 variants)" in ax.get_title()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "lr=0.05: best of 2, 0 bytes" in texts                     # Local's best is the bar to beat: a level
+    level = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(level) == 1 and level[0].get_ydata()[0] == pytest.approx(78.0)
+    partial = _tradeoff({"a[x=1]": [(0, 0.5)], "a[x=2]": [(2048, 0.6)]})      # only some variants at 0 bytes
+    assert sorted(_markers(partial)) == ["a[x=2]"]
+    assert "x=1: not shown (0 bytes)" in [t.get_text() for t in partial.axes[0].get_legend().get_texts()]
+
+
+def test_tradeoff_names_each_strategys_best_and_groups_the_legend_by_strategy():
+    fig = _tradeoff()
+    ax = fig.axes[0]
+    assert sorted(a.get_text() for a in ax.texts if "[" in a.get_text() and "0 bytes" not in a.get_text()) == \
+        ["fedavg[lr=0.05]", "fedmoe-da[top_p=1]"]
+    assert to_hex(_markers(fig)["fedavg[lr=0.05]"].get_markeredgecolor()) == "#000000"
+    texts = ax.get_legend().get_texts()
+    headers = [t.get_text() for t in texts if t.get_fontweight() == "bold"]
+    assert headers == ["fedmoe-da", "fedavg", "local"]
+    assert {"top_p=1 (n=3)", "top_p=5 (n=1)", "lr=0.01 (n=2)"} <= {t.get_text() for t in texts}
+
+
+def test_tradeoff_styles_are_those_of_the_other_plots():
+    names = list(TRADEOFF)
+    fams = {n: "personalised" if n.startswith("fedmoe") else "classic" for n in names}
+    rounds = {s: (c, m) for s, c, m, *_ in _line_styles(_build_lines(plots._build_accuracy_vs_round,
+                                                                    _curves(names), fams))}
+    for name, line in _markers(_tradeoff(families=fams)).items():
+        assert (to_hex(line.get_color()), line.get_marker()) == rounds[name]
+
+
+def test_tradeoff_sets_equal_byte_counts_side_by_side_without_moving_the_data():
+    fig = _tradeoff()
+    fig.canvas.draw()
+    markers = _markers(fig)
+    screen = {n: line.get_transform().transform((line.get_xdata()[0], line.get_ydata()[0]))[0]
+              for n, line in markers.items()}
+    assert screen["fedmoe-da[top_p=1]"] != screen["fedmoe-da[top_p=5]"]     # same bytes, drawn apart
+    assert markers["fedmoe-da[top_p=1]"].get_xdata()[0] == markers["fedmoe-da[top_p=5]"].get_xdata()[0]
+    lo, hi = fig.axes[0].get_window_extent().x0, fig.axes[0].get_window_extent().x1
+    assert all(lo < x < hi for x in screen.values())                         # none pushed off the axes
+
+
+def test_plot_grid_tradeoff_writes_pngs_and_takes_its_labels(tmp_path):
+    _assert_png(plot_grid_tradeoff(TRADEOFF, tmp_path / "t.png", families={n: "classic" for n in TRADEOFF},
+                                   x_label="bytes up", y_label="mean client, own split (%)", title="T"))
+    _assert_png(plot_grid_tradeoff({}, tmp_path / "empty.png"))
+    _assert_png(plot_grid_tradeoff({"local[lr=1]": [(0, 0.5)]}, tmp_path / "zero.png"))
+    params = inspect.signature(plot_grid_tradeoff).parameters
+    assert list(params)[:2] == ["points", "path"]
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("families", "x_label", "y_label", "title"))
