@@ -686,7 +686,7 @@ def _zero_byte_lines(ax: Any, points: Mapping[str, Sequence[tuple[float, float]]
         line = ax.axhline(y[best], color=styles[best].color, linestyle=":", linewidth=1.4)
         ax.annotate(f"{best}, 0 bytes", (0.01, y[best]), xycoords=ax.get_yaxis_transform(), xytext=(0, 2),
                     textcoords="offset points", fontsize="x-small", va="bottom", color="0.15")
-        what = best if best == s else best[len(s) + 1:-1]
+        what = best if best == s or len(members) == 1 else best[len(s) + 1:-1]   # alone: under its family's heading
         out[best] = (line, f"{what}: best of {len(members)}, 0 bytes" if len(members) > 1 else f"{what}: 0 bytes")
     return out
 
