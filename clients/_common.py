@@ -63,17 +63,23 @@ def per_client(task: wire.Task, work: Callable[[int], wire.ClientResult]) -> lis
     return results
 
 
+def _gather(task: wire.Task, state_of: StartFn) -> tuple[dict[int, State | None], dict[int, wire.ClientResult]]:
+    """Every client's starting state, and the replies of those whose state is missing."""
+    states: dict[int, State | None] = {}
+    missing: dict[int, wire.ClientResult] = {}
+    for cid in task.client_ids:
+        try:
+            states[cid] = state_of(cid)
+        except MissingStateError as exc:
+            missing[cid] = _missing(cid, exc)
+    return states, missing
+
+
 def train_all(ws: Workspace, task: wire.Task, start: StartFn, keep: KeepFn | None = None,
               data: DataFn | None = None) -> list[wire.ClientResult]:
     """Train each logical client of the task (together when simulation.vectorise is on);
     `data(cid)` overrides its training pool."""
-    starts: dict[int, State | None] = {}
-    out: dict[int, wire.ClientResult] = {}
-    for cid in task.client_ids:
-        try:
-            starts[cid] = start(cid)
-        except MissingStateError as exc:
-            out[cid] = _missing(cid, exc)
+    starts, out = _gather(task, start)
     cids = list(starts)
     trained = ws.train_clients(cids, task.server_round, list(starts.values()), [data(c) for c in cids] if data else None)
     for cid, (state, stats, n) in zip(cids, trained, strict=True):
@@ -102,13 +108,7 @@ def evaluate_all(ws: Workspace, task: wire.Task, state_of: StartFn,
     if extra is not None or not ws.cfg.simulation.vectorise:
         return per_client(task, lambda cid: result(cid, ws.evaluate_client(cid, state_of(cid)),
                                                    extra(cid) if extra is not None else {}))
-    states: dict[int, State | None] = {}
-    out: dict[int, wire.ClientResult] = {}
-    for cid in task.client_ids:
-        try:
-            states[cid] = state_of(cid)
-        except MissingStateError as exc:
-            out[cid] = _missing(cid, exc)
+    states, out = _gather(task, state_of)
     cids = list(states)
     for cid, ev in zip(cids, ws.evaluate_clients(cids, list(states.values())), strict=True):
         out[cid] = result(cid, ev, {})
