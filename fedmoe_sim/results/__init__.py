@@ -1,8 +1,10 @@
 """Results layer: the only code that writes files for a run or a comparison.
 
 `io` records a run directory crash-safely (`RunRecorder`, `RunSummary`),
-`stats` gives Student-t intervals over seeds, `tables` builds the `compare`
-table and report, `plots` draws accuracy vs round / bytes and per-domain bars.
+`tracking` mirrors its rounds to TensorBoard, `stats` gives Student-t intervals
+and paired tests over seeds (scipy), `tables` builds the `compare` table and
+report, `plots` draws accuracy vs round / bytes and per-domain bars (styles and
+panels from `plotkit`), `tradeoff` a grid's accuracy against server-bound bytes.
 Nothing here imports flwr or torch.
 """
 

@@ -1,8 +1,7 @@
 """Plots: valid PNGs for every shape of input, series helpers computed by hand, one look per strategy, one
-panel per family or per grid strategy, panels as tall as their legends, and the grid trade-off plot, read
-from the figures the `_build_*` functions return."""
+panel per family or per grid strategy and panels as tall as their legends, read from the figures the
+`_build_*` functions return. The grid trade-off plot is tested in test_tradeoff.py."""
 
-import inspect
 import math
 import warnings
 
@@ -10,13 +9,12 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
-from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.container import BarContainer
 from matplotlib.markers import MarkerStyle
 
-from fedmoe_sim.results import plots
+from fedmoe_sim.results import plotkit, plots, tradeoff
 from fedmoe_sim.results.plots import (accuracy_series, accuracy_vs_bytes_series, plot_accuracy_vs_bytes,
-                                      plot_accuracy_vs_round, plot_grid_tradeoff, plot_per_domain_bars)
-from fedmoe_sim.results.stats import mean_ci
+                                      plot_accuracy_vs_round, plot_per_domain_bars)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +60,10 @@ def test_many_strategies_and_ragged_seeds(tmp_path):
     _assert_png(plot_accuracy_vs_round(data, tmp_path / "p.png"))
 
 
+def test_plots_reexports_the_trade_off_plot_for_its_callers():
+    assert plots.plot_grid_tradeoff is tradeoff.plot_grid_tradeoff      # experiments/compare.py calls it there
+
+
 def test_plotting_does_not_touch_the_global_backend(tmp_path):
     before = matplotlib.get_backend()
     plot_accuracy_vs_round(ROUNDS, tmp_path / "p.png")
@@ -97,13 +99,13 @@ def test_bytes_series_counts_traffic_of_unevaluated_rounds():
 def test_near_equal_costs_do_not_fill_the_bytes_axis(tmp_path, monkeypatch):
     """One-shot methods that differ by 1% in bytes must not look an axis apart."""
     limits = []
-    real = plots._save_png
+    real = plots.save_png
 
     def keep_limits(fig, path):
         limits.append(fig.axes[0].get_xlim())
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "_save_png", keep_limits)
+    monkeypatch.setattr(plots, "save_png", keep_limits)
     near = {"a": [[(2.84e6, 0.9)]], "b": [[(2.87e6, 0.8)]]}
     plot_accuracy_vs_bytes(near, tmp_path / "near.png")
     lo, hi = limits[-1]
@@ -185,13 +187,13 @@ def test_every_line_has_its_own_colour_and_marker_across_all_panels(builder, mak
     assert sorted(s for s, *_ in styles) == sorted(names)
     assert len({(c, m) for _, c, m, _, _ in styles}) == n
     colours = [c for _, c, *_ in styles]
-    assert len(set(colours)) == min(n, len(plots.PALETTE)) and len(plots.PALETTE) >= 20
+    assert len(set(colours)) == min(n, len(plotkit.PALETTE)) and len(plotkit.PALETTE) >= 20
     assert all(m not in (None, "None", "", " ") for _, _, m, _, _ in styles)
 
 
 def test_palette_has_no_duplicates_and_pairs_stay_unique_far_past_it():
-    assert len(set(plots.PALETTE)) == len(plots.PALETTE) >= 20
-    looks = [plots._style(i) for i in range(140)]
+    assert len(set(plotkit.PALETTE)) == len(plotkit.PALETTE) >= 20
+    looks = [plotkit._style(i) for i in range(140)]
     assert len({(s.color, s.marker) for s in looks}) == 140
     assert len({(s.color, s.hatch) for s in looks[:100]}) == 100
 
@@ -218,7 +220,7 @@ def test_a_strategy_looks_the_same_in_the_round_bytes_bars_and_gate_plots():
 
 def test_styles_follow_the_order_passed_in_without_families():
     fig = _build_lines(plots._build_accuracy_vs_round, _curves(["b", "a"]), None)
-    assert [(s, c) for s, c, *_ in _line_styles(fig)] == [("b", plots.PALETTE[0]), ("a", plots.PALETTE[1])]
+    assert [(s, c) for s, c, *_ in _line_styles(fig)] == [("b", plotkit.PALETTE[0]), ("a", plotkit.PALETTE[1])]
 
 
 @pytest.mark.parametrize("builder, make", LINE_BUILDERS)
@@ -273,7 +275,7 @@ def test_every_bar_series_has_its_own_colour_then_hatch(n, with_families):
                                        families=_families(names) if with_families else None)
     styles = _bar_styles(fig)
     assert sorted(s for s, *_ in styles) == sorted(names)
-    assert len({c for _, c, _, _ in styles}) == min(n, len(plots.PALETTE))
+    assert len({c for _, c, _, _ in styles}) == min(n, len(plotkit.PALETTE))
     assert len({(c, h) for _, c, h, _ in styles}) == n
 
 
@@ -315,7 +317,7 @@ SINGLES = ["pfedmoe", "metamoe", "mystery"]      # one variant each; mystery's f
 
 def _grid_families(names):
     fams = {"fedmoe-da": "personalised", "pfedmoe": "personalised", "metamoe": "unification"}
-    return {n: fams.get(plots.strategy_of(n), "classic") for n in names if n != "mystery"}
+    return {n: fams.get(plotkit.strategy_of(n), "classic") for n in names if n != "mystery"}
 
 
 ALL_BUILDERS = [(plots._build_accuracy_vs_round, _curves), (plots._build_accuracy_vs_bytes, _byte_curves),
@@ -432,108 +434,4 @@ def test_unique_styles_hold_across_all_panels_for_40_grid_variants(builder, make
         styles = _line_styles(fig)
         assert len({(c, m) for _, c, m, _, _ in styles}) == 40
     assert sorted(s for s, *_ in styles) == sorted(GRID_NAMES)
-    assert len({c for _, c, *_ in styles}) == len(plots.PALETTE)
-
-
-# ------------------------------------------------------------ grid trade-off ----
-MIB = 1024 ** 2
-TRADEOFF = {
-    "fedmoe-da[top_p=1]": [(1.2 * MIB, 0.65), (1.2 * MIB, 0.61), (1.2 * MIB, 0.66)],     # 3 seeds
-    "fedmoe-da[top_p=5]": [(1.2 * MIB, 0.60)],                                           # 1 seed
-    "fedavg[lr=0.01]": [(14 * MIB, 0.52), (14 * MIB, 0.56)],                             # 2 seeds
-    "fedavg[lr=0.05]": [(14 * MIB, 0.63), (14 * MIB, 0.62)],
-    "local[lr=0.01]": [(0, 0.66), (0, 0.70)],                                            # never talks to the server
-    "local[lr=0.05]": [(0, 0.77), (0, 0.79)],
-}
-
-
-def _tradeoff(points=TRADEOFF, families=None):
-    return plots._build_grid_tradeoff(points, level=0.95, title="t", x_label="bytes up", y_label="acc (%)",
-                                      families=families)
-
-
-def _markers(fig):
-    return {line.get_gid(): line for line in fig.axes[0].get_lines() if line.get_gid()}
-
-
-def test_tradeoff_draws_one_marker_per_variant_at_its_mean_on_a_log_axis():
-    fig = _tradeoff()
-    ax = fig.axes[0]
-    markers = _markers(fig)
-    assert sorted(markers) == sorted(n for n in TRADEOFF if not n.startswith("local"))
-    for name, line in markers.items():
-        xs, ys = zip(*TRADEOFF[name])
-        assert list(line.get_xdata()) == pytest.approx([sum(xs) / len(xs) / MIB])       # MiB: the data, not moved
-        assert list(line.get_ydata()) == pytest.approx([100 * sum(ys) / len(ys)])
-        assert line.get_linestyle() == "None"                                          # variants are not joined
-    assert ax.get_xscale() == "log" and "MiB, log scale" in ax.get_xlabel()
-
-
-def test_tradeoff_error_bars_only_where_there_are_several_seeds():
-    fig = _tradeoff()
-    spans = sorted(tuple(np.round(c.lines[2][0].get_segments()[0][:, 1], 6))
-                   for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer))
-    want = []
-    for name in ("fedmoe-da[top_p=1]", "fedavg[lr=0.01]", "fedavg[lr=0.05]"):      # not the one-seed variant
-        mean, hw = mean_ci([100 * y for _, y in TRADEOFF[name]], 0.95)
-        want.append((round(mean - hw, 6), round(mean + hw, 6)))
-    assert spans == sorted(want)
-    one = _tradeoff({"a[x=1]": [(10.0, 0.5)], "a[x=2]": [(20.0, 0.6)]})
-    assert not [c for c in one.axes[0].containers if isinstance(c, ErrorbarContainer)]
-    assert "one seed: no CI" in one.axes[0].get_title()
-
-
-def test_tradeoff_drops_zero_byte_variants_with_a_note():
-    fig = _tradeoff()
-    ax = fig.axes[0]
-    assert "0 bytes, off the log axis" in ax.get_title() and "local (2 variants)" in ax.get_title()
-    texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "lr=0.05: best of 2, 0 bytes" in texts                     # Local's best is the bar to beat: a level
-    level = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
-    assert len(level) == 1 and level[0].get_ydata()[0] == pytest.approx(78.0)
-    partial = _tradeoff({"a[x=1]": [(0, 0.5)], "a[x=2]": [(2048, 0.6)]})      # only some variants at 0 bytes
-    assert sorted(_markers(partial)) == ["a[x=2]"]
-    assert "x=1: not shown (0 bytes)" in [t.get_text() for t in partial.axes[0].get_legend().get_texts()]
-
-
-def test_tradeoff_names_each_strategys_best_and_groups_the_legend_by_strategy():
-    fig = _tradeoff()
-    ax = fig.axes[0]
-    assert sorted(a.get_text() for a in ax.texts if "[" in a.get_text() and "0 bytes" not in a.get_text()) == \
-        ["fedavg[lr=0.05]", "fedmoe-da[top_p=1]"]
-    assert to_hex(_markers(fig)["fedavg[lr=0.05]"].get_markeredgecolor()) == "#000000"
-    texts = ax.get_legend().get_texts()
-    headers = [t.get_text() for t in texts if t.get_fontweight() == "bold"]
-    assert headers == ["fedmoe-da", "fedavg", "local"]
-    assert {"top_p=1 (n=3)", "top_p=5 (n=1)", "lr=0.01 (n=2)"} <= {t.get_text() for t in texts}
-
-
-def test_tradeoff_styles_are_those_of_the_other_plots():
-    names = list(TRADEOFF)
-    fams = {n: "personalised" if n.startswith("fedmoe") else "classic" for n in names}
-    rounds = {s: (c, m) for s, c, m, *_ in _line_styles(_build_lines(plots._build_accuracy_vs_round,
-                                                                    _curves(names), fams))}
-    for name, line in _markers(_tradeoff(families=fams)).items():
-        assert (to_hex(line.get_color()), line.get_marker()) == rounds[name]
-
-
-def test_tradeoff_sets_equal_byte_counts_side_by_side_without_moving_the_data():
-    fig = _tradeoff()
-    fig.canvas.draw()
-    markers = _markers(fig)
-    screen = {n: line.get_transform().transform((line.get_xdata()[0], line.get_ydata()[0]))[0]
-              for n, line in markers.items()}
-    assert screen["fedmoe-da[top_p=1]"] != screen["fedmoe-da[top_p=5]"]     # same bytes, drawn apart
-    assert markers["fedmoe-da[top_p=1]"].get_xdata()[0] == markers["fedmoe-da[top_p=5]"].get_xdata()[0]
-    lo, hi = fig.axes[0].get_window_extent().x0, fig.axes[0].get_window_extent().x1
-    assert all(lo < x < hi for x in screen.values())                         # none pushed off the axes
-
-
-def test_plot_grid_tradeoff_writes_pngs_and_takes_its_labels(tmp_path):
-    _assert_png(plot_grid_tradeoff(TRADEOFF, tmp_path / "t.png", families={n: "classic" for n in TRADEOFF},
-                                   x_label="bytes up", y_label="mean client, own split (%)", title="T"))
-    _assert_png(plot_grid_tradeoff({}, tmp_path / "empty.png"))
-    _assert_png(plot_grid_tradeoff({"local[lr=1]": [(0, 0.5)]}, tmp_path / "zero.png"))
-    params = inspect.signature(plot_grid_tradeoff).parameters
-    assert list(params)[:2] == ["points", "path"]
-    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("families", "x_label", "y_label", "title"))
+    assert len({c for _, c, *_ in styles}) == len(plotkit.PALETTE)
