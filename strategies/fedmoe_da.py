@@ -1,7 +1,7 @@
 """FedMoE-DA (seed 001, arXiv 2411.02115): domain-aware, fine-grained aggregation of client experts.
 
-Every client runs an MoE on the shared frozen backbone (model.backbone=mixer-moe:
-at each FFN a gate over E LoRA experts, top-k). Per round:
+Every client runs an MoE on the shared frozen backbone (model.backbone=mixer-moe,
+minilm-moe or vit-moe: at each FFN a gate over E LoRA experts, top-k). Per round:
 1. train: each client starts from its own experts (and the server's gate, unless
    the gate is personal), trains gate and experts on its own data, and sends its
    gate to the server. Its experts are uploaded only for the simulation's relay
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from fedmoe_sim import wire
 from fedmoe_sim.aggregation import fedmoe_da as da
-from fedmoe_sim.config import RunConfig
+from fedmoe_sim.config import CLIENT_MOE_BACKBONES, RunConfig
 from fedmoe_sim.models.client_moe import EXPERTS, GATE, expert_keys, gate_proxies
 from fedmoe_sim.workspace import Workspace
 from strategies._base import Exchange, Metrics, Strategy, personalised_metrics
@@ -49,9 +49,10 @@ class FedMoEDAStrategy(Strategy):
     @classmethod
     def check_config(cls, cfg: RunConfig, ws: Workspace) -> None:
         FedAvgStrategy.check_config(cfg, ws)
-        if cfg.model.family_list != ("mixer-moe",):
-            raise ValueError(f"strategy {cfg.strategy} needs the client MoE for every client: model.backbone=mixer-moe "
-                             f"and no other model.families (got {', '.join(cfg.model.family_list)})")
+        if len(cfg.model.family_list) != 1 or cfg.model.family_list[0] not in CLIENT_MOE_BACKBONES:
+            raise ValueError(f"strategy {cfg.strategy} needs the client MoE for every client: model.backbone="
+                             f"{' or '.join(CLIENT_MOE_BACKBONES)} and no other model.families "
+                             f"(got {', '.join(cfg.model.family_list)})")
 
     def _specs(self, *parts: str, relay: tuple[str, ...] = ()) -> dict[str, wire.PartSpec]:
         return {p: wire.PartSpec.of(self.ws.model.part_spec(p), relay=p in relay) for p in parts}

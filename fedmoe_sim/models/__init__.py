@@ -34,14 +34,15 @@ __all__ = [
 def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.device = "cpu") -> ExpertModel:
     """Frozen shared backbone + one trainable expert (reset from seed 0) for `benchmark`.
 
-    "mixer": image benchmarks with 8x8 inputs ("mixer-moe": the same backbone with a gated
-    MoE of model.moe_experts LoRA experts per FFN, FedMoE-DA's client model); the backbone is pretrained on
+    "mixer": image benchmarks with 8x8 inputs; the backbone is pretrained on
     `benchmark.pretrain_x/y` (cached). "minilm": text benchmarks. "vit": image
     benchmarks of any [C, H, W]; a transformers ViT from seed 0, or the ViT/CLIP
-    checkpoint in the local directory `cfg.pretrained`. "cnn-k" (k = 1..5): FedGH's CNN-k
-    trained whole, parts extractor and head; "pfedmoe-k": pFedMoE's two-expert model with
-    local expert CNN-k and global expert CNN-5 (both: image benchmarks of any [C, H, W];
-    the conv padding follows the input size, see `models.cnn`).
+    checkpoint in the local directory `cfg.pretrained`. "mixer-moe", "minilm-moe",
+    "vit-moe": the same frozen backbone with a gate and model.moe_experts LoRA experts
+    (top model.moe_top_k) per FFN, FedMoE-DA's client model (`models.client_moe`).
+    "cnn-k" (k = 1..5): FedGH's CNN-k trained whole, parts extractor and head; "pfedmoe-k":
+    pFedMoE's two-expert model with local expert CNN-k and global expert CNN-5 (both: image
+    benchmarks of any [C, H, W]; the conv padding follows the input size, see `models.cnn`).
     """
     if cfg.backbone in ("mixer", "mixer-moe"):
         state = _pretrained_mixer(benchmark, cfg)
@@ -52,14 +53,22 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         return MixerMoEModel(state, benchmark.input_shape[0], benchmark.num_classes, cfg, cfg.moe_experts,
                              cfg.moe_top_k, device)
     if cfg.backbone == "minilm":
-        if benchmark.kind != "text":
-            raise ValueError(f"model.backbone=minilm needs a text benchmark "
-                             f"(got {benchmark.name}: kind {benchmark.kind})")
+        _need_text(benchmark, cfg)
         from fedmoe_sim.models.text import TextExpertModel
 
         return TextExpertModel(benchmark.num_classes, cfg, device)
+    if cfg.backbone == "minilm-moe":
+        _need_text(benchmark, cfg)
+        from fedmoe_sim.models.client_moe_backbones import TextClientMoEModel
+
+        return TextClientMoEModel(benchmark.num_classes, cfg, cfg.moe_experts, cfg.moe_top_k, device)
     if cfg.backbone == "vit":
         return VitExpertModel(_image_shape(benchmark, cfg), benchmark.num_classes, cfg, device)
+    if cfg.backbone == "vit-moe":
+        from fedmoe_sim.models.client_moe_backbones import VitClientMoEModel
+
+        return VitClientMoEModel(_image_shape(benchmark, cfg), benchmark.num_classes, cfg, cfg.moe_experts,
+                                 cfg.moe_top_k, device)
     if cfg.backbone == "tiny-mlp":
         if benchmark.kind != "image":
             raise ValueError(f"model.backbone=tiny-mlp needs an image benchmark (got {benchmark.name}: {benchmark.kind})")
@@ -74,8 +83,14 @@ def build_model(benchmark: Benchmark, cfg: ModelConfig, device: str | torch.devi
         from fedmoe_sim.models.pfedmoe import PFedMoEModel
 
         return PFedMoEModel(int(k), shape, benchmark.num_classes, gate_hidden=cfg.gate_hidden, device=device)
-    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe, cnn-1..5, pfedmoe-1..5 "
-                     f"(got {cfg.backbone!r})")
+    raise ValueError(f"model.backbone must be one of mixer, minilm, vit, tiny-mlp, mixer-moe, minilm-moe, vit-moe, "
+                     f"cnn-1..5, pfedmoe-1..5 (got {cfg.backbone!r})")
+
+
+def _need_text(benchmark: Benchmark, cfg: ModelConfig) -> None:
+    if benchmark.kind != "text":
+        raise ValueError(f"model.backbone={cfg.backbone} needs a text benchmark "
+                         f"(got {benchmark.name}: kind {benchmark.kind})")
 
 
 def _image_shape(benchmark: Benchmark, cfg: ModelConfig) -> tuple[int, int, int]:

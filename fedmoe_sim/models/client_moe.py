@@ -1,17 +1,24 @@
 """A client-side MoE (FedMoE-DA, seed 001): every client runs E LoRA experts behind a gate per FFN.
 
 DESIGN "FedMoE-DA": shared frozen backbone, then at each MoE layer a gate and E
-experts. Here the backbone is the frozen pretrained digits mixer (mixer.py); at each
-block's FFN a gate Linear(D, E, no bias) reads the FFN input after norm1, and E rank-r
-LoRA experts sit on fc1 and fc2, stacked along an expert axis (moe.py's layout: A
-`[E, r, in]`, B `[E, out, r]`). The mixing maths is moe.py's `TopKRouter` + `MoEFFN`,
-reused as they are; `GatedLoRAFFN` only pairs them and owns the tensors, so the same
-class can later wrap a text FFN (two Linears and an activation; MiniLM is not done yet).
+experts. At each layer's FFN a gate Linear(D, E, no bias) reads the FFN input (the
+hidden state after the norm that feeds the FFN), and E rank-r LoRA experts sit on the
+FFN's two Linears, stacked along an expert axis (moe.py's layout: A `[E, r, in]`,
+B `[E, out, r]`). The mixing maths is moe.py's `TopKRouter` + `MoEFFN`, reused as they
+are; `GatedLoRAFFN` only pairs them and owns the tensors. Backbones (model.backbone):
+"mixer-moe" here (the frozen pretrained digits mixer, fc1/fc2 of every block);
+"minilm-moe" and "vit-moe" in client_moe_backbones.py (intermediate.dense/output.dense
+of every BERT layer; mlp.fc1/mlp.fc2 of every ViT/CLIP layer), plus a trainable head.
 
-Named parts (`ExpertModel._register_parts`): "gate" = `blocks.{l}.gate.weight` `[E, D]`
-per layer (row m is expert m's FedMoE-DA proxy); "experts" = `blocks.{l}.ffn.fc{1,2}.lora_{A,B}`
-with the expert axis first. The per-expert helpers below work on numpy state dicts
-(as `expert_state()` / `part_state()` give), so a server needs no model instance.
+Named parts (`ExpertModel._register_parts`), the same names on every backbone so the
+strategy and client code never know which one runs: "gate" = `blocks.{l}.gate.weight`
+`[E, D]` per layer (row m is expert m's FedMoE-DA proxy); "experts" =
+`blocks.{l}.ffn.fc{1,2}.lora_{A,B}` with the expert axis first (fc1 = the FFN's first
+Linear, D -> hidden; fc2 = its second, hidden -> D); and on the transformer backbones
+"head" = `head.weight`, `head.bias` (no checkpoint ships a head for our labels; it stays
+on the client unless a strategy sends it). The per-expert helpers below work on numpy
+state dicts by these names alone (as `expert_state()` / `part_state()` give), so a
+server needs no model instance and no backbone.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ from fedmoe_sim.config import ModelConfig
 from fedmoe_sim.data.base import Benchmark
 from fedmoe_sim.models.expert_model import ExpertModel
 from fedmoe_sim.models.lora import lora_a_init_
-from fedmoe_sim.models.mixer import IMAGE, Mixer, MixerExpertModel, patchify
+from fedmoe_sim.models.mixer import HEAD, IMAGE, Mixer, MixerExpertModel, patchify
 from fedmoe_sim.models.moe import MoEFFN, TopKRouter
 
 GATE = "gate"           # part: every layer's gate weight (the proxies)
 EXPERTS = "experts"     # part: every layer's stacked LoRA experts
+# HEAD ("head", from mixer.py): the transformer backbones' trainable classifier
 FCS = ("fc1", "fc2")
 State = Mapping[str, np.ndarray]
 
@@ -107,7 +115,7 @@ class GatedLoRAFFN(nn.Module):
     constant 1 and cut the gate off, so the un-renormalised softmax weight p is kept:
     out = FFN(h) + p (FFN_m(h) - FFN(h)), as moe.py does. The router's context lambda
     is unused (context off) and stays frozen. Tensors start at 0; the owner initialises
-    them (`MixerMoEModel.reset_expert`). Note: while every B = 0 all experts equal the
+    them (`reset_client_moe`). Note: while every B = 0 all experts equal the
     FFN, so the gate's gradient is 0 until the experts' B moves (after the first step).
     """
 
@@ -139,7 +147,89 @@ class GatedLoRAFFN(nn.Module):
 
 
 # ---------------------------------------------------------------- the client model ----
-class MixerMoEModel(ExpertModel):
+def reset_client_moe(named: Mapping[str, nn.Parameter], seed: int) -> None:
+    """Re-initialise a client MoE's trainable tensors from `seed` alone, drawn in sorted-name order on CPU.
+
+    LoRA A: PEFT's U(-1/sqrt(in), 1/sqrt(in)), an independent draw per expert; B = 0, so
+    the MoE starts exactly at the backbone. Gate `[E, D]`: orthonormal rows (QR of a
+    seeded Gaussian, signs fixed by R's diagonal) scaled to 1/sqrt(3), the expected row
+    norm of nn.Linear's default init. Distinct A's and orthogonal gate rows break the
+    symmetry between experts (each routes a different direction and gets a different
+    B gradient); and a client's own proxies start at cosine exactly 0, so FedMoE-DA
+    does not mix a client's experts together before they have learnt anything.
+    Head (`head.weight` `[classes, D]`, `head.bias`): nn.Linear's U(-1/sqrt(D), 1/sqrt(D)).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    for name in sorted(named):
+        p = named[name]
+        with torch.no_grad():
+            if name.endswith("gate.weight"):
+                e, d = p.shape
+                q, r = torch.linalg.qr(torch.randn(d, e, generator=gen, dtype=torch.float64))
+                p.copy_(((q * torch.sign(torch.diagonal(r))).T / math.sqrt(3.0)).to(torch.float32))
+            elif name.endswith("lora_A"):
+                lora_a_init_(p, gen)
+            elif name.endswith("lora_B"):
+                p.zero_()
+            elif name in ("head.weight", "head.bias"):
+                bound = 1.0 / math.sqrt(named["head.weight"].shape[1])
+                p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+            else:  # a programming error: a trainable tensor without an init rule
+                raise RuntimeError(f"no init rule for {name!r}")
+
+
+def check_moe_size(num_experts: int, top_k: int, width: int, width_name: str) -> None:
+    """One-line errors for E and k before anything is built (the gate init needs E <= D)."""
+    if not 1 <= num_experts <= width:
+        raise ValueError(f"num_experts must be in [1, {width_name} = {width}] (got {num_experts}): "
+                         f"the gate init needs orthogonal rows")
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be in [1, num_experts = {num_experts}] (got {top_k})")
+
+
+class ClientMoEModel(ExpertModel):
+    """What every backbone's client MoE shares: parts, sizes, the seeded init.
+
+    Subclasses hold one `GatedLoRAFFN` per layer (`gated_ffns()`, in layer order) and call
+    `_register_client_moe(head)` at the end of `__init__` (head: a trainable classifier, or
+    None when the backbone's head is pretrained and frozen).
+    """
+
+    top_k: int
+
+    def gated_ffns(self) -> list[GatedLoRAFFN]:
+        raise NotImplementedError
+
+    def _register_client_moe(self, head: nn.Linear | None = None) -> None:
+        gates, experts = {}, {}
+        for i, ffn in enumerate(self.gated_ffns()):
+            for name, p in ffn.trainable().items():
+                if name == "gate.weight":
+                    gates[gate_key(i)] = p
+                else:
+                    experts[f"blocks.{i}.ffn.{name}"] = p
+        parts = {GATE: gates, EXPERTS: experts}
+        if head is not None:
+            parts[HEAD] = {f"head.{k}": p for k, p in head.named_parameters()}
+        self._register_parts(parts)
+        self.reset_expert(0)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.gated_ffns())
+
+    @property
+    def num_experts(self) -> int:
+        return self.gated_ffns()[0].router.gate.out_features
+
+    def reset_expert(self, seed: int) -> None:
+        """`reset_client_moe` on every trainable tensor. Use one seed for every client (the
+        shared initial model) so that expert m starts alike everywhere and proxies are
+        comparable across clients."""
+        reset_client_moe(self._expert, seed)
+
+
+class MixerMoEModel(ClientMoEModel):
     """Frozen pretrained Mixer with every block's FFN a `GatedLoRAFFN` (E experts, top-k).
 
     Parts "gate" and "experts" (module docstring); everything else (embedding, norms,
@@ -150,11 +240,7 @@ class MixerMoEModel(ExpertModel):
     def __init__(self, backbone_state: dict[str, torch.Tensor], in_channels: int, num_classes: int,
                  cfg: ModelConfig, num_experts: int = 4, top_k: int = 2, device: str | torch.device = "cpu"):
         super().__init__(num_classes)
-        if not 1 <= num_experts <= cfg.width:
-            raise ValueError(f"num_experts must be in [1, model.width = {cfg.width}] (got {num_experts}): "
-                             f"the gate init needs orthogonal rows")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts = {num_experts}] (got {top_k})")
+        check_moe_size(num_experts, top_k, cfg.width, "model.width")
         self.in_shape = (in_channels, IMAGE, IMAGE)
         self.top_k = int(top_k)
         with torch.device("meta"):  # no init draws: every backbone weight comes from the pretrained state
@@ -163,54 +249,12 @@ class MixerMoEModel(ExpertModel):
         for block in self.net.blocks:
             block.ffn = GatedLoRAFFN(block.ffn.fc1, block.ffn.fc2, num_experts, top_k, cfg.lora_rank, cfg.lora_alpha)
         self.to(device)
-        gates, experts = {}, {}
-        for i, block in enumerate(self.net.blocks):
-            for name, p in block.ffn.trainable().items():
-                if name == "gate.weight":
-                    gates[gate_key(i)] = p
-                else:
-                    experts[f"blocks.{i}.ffn.{name}"] = p
-        self._register_parts({GATE: gates, EXPERTS: experts})
-        self.reset_expert(0)
+        self._register_client_moe()
 
     prepare = MixerExpertModel.prepare   # the same input contract and checks as the single-expert mixer
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.net.blocks)
-
-    @property
-    def num_experts(self) -> int:
-        return self.net.blocks[0].ffn.router.gate.out_features
-
-    def reset_expert(self, seed: int) -> None:
-        """Re-initialise gates and experts from `seed` alone, drawn in sorted-name order on CPU.
-
-        LoRA A: PEFT's U(-1/sqrt(in), 1/sqrt(in)), an independent draw per expert; B = 0, so
-        the MoE starts exactly at the backbone. Gate `[E, D]`: orthonormal rows (QR of a
-        seeded Gaussian, signs fixed by R's diagonal) scaled to 1/sqrt(3), the expected row
-        norm of nn.Linear's default init. Distinct A's and orthogonal gate rows break the
-        symmetry between experts (each routes a different direction and gets a different
-        B gradient); and a client's own proxies start at cosine exactly 0, so FedMoE-DA
-        does not mix a client's experts together before they have learnt anything.
-        Use one seed for every client (the shared initial model) so that expert m starts
-        alike everywhere and proxies are comparable across clients.
-        """
-        gen = torch.Generator().manual_seed(int(seed))
-        for name, p in self._expert.items():
-            if name.endswith("gate.weight"):
-                e, d = p.shape
-                q, r = torch.linalg.qr(torch.randn(d, e, generator=gen, dtype=torch.float64))
-                rows = (q * torch.sign(torch.diagonal(r))).T / math.sqrt(3.0)
-                with torch.no_grad():
-                    p.copy_(rows.to(torch.float32))
-            elif name.endswith("lora_A"):
-                lora_a_init_(p, gen)
-            elif name.endswith("lora_B"):
-                with torch.no_grad():
-                    p.zero_()
-            else:  # a programming error: a trainable tensor without an init rule
-                raise RuntimeError(f"no init rule for {name!r}")
+    def gated_ffns(self) -> list[GatedLoRAFFN]:
+        return [block.ffn for block in self.net.blocks]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
@@ -236,14 +280,14 @@ class MixerMoEModel(ExpertModel):
 
 
 def build_client_moe(benchmark: Benchmark, cfg: ModelConfig, num_experts: int = 4, top_k: int = 2,
-                     device: str | torch.device = "cpu") -> MixerMoEModel:
-    """FedMoE-DA's client model for `benchmark`: `build_model` with model.backbone=mixer-moe
-    (the cached pretrained mixer + gated LoRA experts). Only the mixer is supported so far."""
+                     device: str | torch.device = "cpu") -> ClientMoEModel:
+    """FedMoE-DA's client model for `benchmark` on cfg.backbone (mixer, minilm or vit, or
+    their "-moe" names): `build_model` with the backbone's client MoE."""
     import dataclasses
 
+    from fedmoe_sim.config import client_moe_backbone
     from fedmoe_sim.models import build_model
 
-    if cfg.backbone not in ("mixer", "mixer-moe"):
-        raise ValueError(f"the client MoE supports model.backbone=mixer only (got {cfg.backbone!r})")
-    moe_cfg = dataclasses.replace(cfg, backbone="mixer-moe", moe_experts=num_experts, moe_top_k=top_k)
+    moe_cfg = dataclasses.replace(cfg, backbone=client_moe_backbone(cfg.backbone), moe_experts=num_experts,
+                                  moe_top_k=top_k)
     return build_model(benchmark, moe_cfg, device)

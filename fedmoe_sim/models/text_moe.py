@@ -7,10 +7,12 @@ entering that FFN (attention output after its LayerNorm). Experts are the client
 PEFT LoRA A/B read from their expert states; scale = alpha / r from the model's
 PEFT config.
 
-The layer loop is written out here (embeddings -> per layer: attention, MoE FFN)
-around *structural copies* of the frozen MiniLM modules whose tensors ARE the
-shared ones (`text._share_frozen`): nothing shared is modified, not even a
-train/eval flag or a hook, and no frozen weight is duplicated in memory.
+The layer loop (embeddings -> per layer: attention, FFN) is written once here,
+in `BertLayers`, around *structural copies* of the frozen MiniLM modules whose
+tensors ARE the shared ones (`frozen_bert`): nothing shared is modified, not even
+a train/eval flag or a hook, and no frozen weight is duplicated in memory. The
+FFN of each layer is the caller's, so FedMoE-DA's client MoE (client_moe_backbones.py)
+runs the same loop with its gated experts.
 
 Padding is masked out of every mean: the router context c, the pooled features.
 Columns past a batch's longest sentence are dropped first (as `TextExpertModel.pooled`
@@ -19,7 +21,7 @@ does), so a sentence gives the same logits alone and in a padded batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +52,60 @@ def _layers(model: TextExpertModel) -> nn.ModuleList:
     return model.bert.get_base_model().encoder.layer
 
 
+def unwrap_linear(module: nn.Module) -> nn.Module:
+    """The frozen Linear under PEFT's LoRA wrapper (`get_base_layer`), or `module` itself if unwrapped."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def frozen_bert(base: nn.Module) -> nn.ModuleDict:
+    """What a layer loop around new FFNs needs from a (PEFT-wrapped or plain) BertModel, as
+    structural copies sharing the frozen tensors: embeddings; per layer the attention block,
+    the FFN linears `fc1` = intermediate.dense and `fc2` = output.dense (LoRA unwrapped),
+    the activation and the FFN's output LayerNorm `norm`."""
+    layers = base.encoder.layer
+    return _share_frozen(nn.ModuleDict({
+        "embeddings": base.embeddings,
+        "attention": nn.ModuleList(layer.attention for layer in layers),
+        "fc1": nn.ModuleList(unwrap_linear(layer.intermediate.dense) for layer in layers),
+        "fc2": nn.ModuleList(unwrap_linear(layer.output.dense) for layer in layers),
+        "act": nn.ModuleList(layer.intermediate.intermediate_act_fn for layer in layers),
+        "norm": nn.ModuleList(layer.output.LayerNorm for layer in layers),
+    }))
+
+
+FFN = Callable[[int, torch.Tensor], torch.Tensor]   # (layer, FFN input [B, L, D]) -> FFN output [B, L, D]
+
+
+class BertLayers:
+    """MiniLM's layer loop with each layer's FFN supplied by the caller (mixin for nn.Modules).
+
+    The instance holds `embeddings`, `attentions`, `norms` (from `frozen_bert`) and `config`
+    (the HF config, read only, for the attention mask). Per layer, as BertLayer does with
+    dropout off: h = attention block (self-attention, output dense, residual, LayerNorm),
+    the FFN input; t = LayerNorm(ffn(i, h) + h) (BertOutput).
+    """
+
+    embeddings: nn.Module
+    attentions: nn.ModuleList
+    norms: nn.ModuleList
+    config: object
+
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token embeddings `[B, L, D]` and the attention mask in the form the attention modules expect."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        t = self.embeddings(input_ids=ids)
+        return t, create_bidirectional_mask(config=self.config, inputs_embeds=t, attention_mask=mask)
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor, ffn: FFN) -> torch.Tensor:
+        """Last hidden states `[B, L, D]` of ids/mask `[B, L]`, layer i's FFN being `ffn(i, h)`."""
+        t, attn_mask = self._embed(ids, mask)
+        for i, (attn, norm) in enumerate(zip(self.attentions, self.norms, strict=True)):
+            h = attn(t, attn_mask)[0]
+            t = norm(ffn(i, h) + h)
+        return t
+
+
 def text_ffn_inputs(model: TextExpertModel, inputs: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per layer the input of `intermediate.dense` (attention output after its LayerNorm),
     `[B, L', D]`, with the loaded expert applied, and the valid-token mask `[B, L']` (bool).
@@ -61,7 +117,7 @@ def text_ffn_inputs(model: TextExpertModel, inputs: Batch) -> tuple[list[torch.T
     return captured, inputs["attention_mask"][:, :captured[0].shape[1]].bool()
 
 
-class TextMoE(UnifiedMoE):
+class TextMoE(BertLayers, UnifiedMoE):
     """Frozen MiniLM with a K-expert LoRA MoE FFN per layer, a router per layer and a head.
 
     Trainable: routers, stacked LoRAs, lambdas, head. forward(dict(input_ids,
@@ -79,21 +135,15 @@ class TextMoE(UnifiedMoE):
         self.ffns, self.routers, self.head = nn.ModuleList(ffns), nn.ModuleList(routers), head
         self._freeze_all_but_trainable(extra=list(head.parameters()))
 
-    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token embeddings `[B, L, D]` and the attention mask in the form the attention modules expect."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        t = self.embeddings(input_ids=ids)
-        return t, create_bidirectional_mask(config=self.config, inputs_embeds=t, attention_mask=mask)
-
     @torch.no_grad()
     def _contexts(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        t, attn_mask = self._embed(ids, mask)
         out = []
-        for attn, ffn, norm in zip(self.attentions, self.ffns, self.norms, strict=True):
-            h = attn(t, attn_mask)[0]
+
+        def base(i: int, h: torch.Tensor) -> torch.Tensor:
             out.append(masked_token_mean(h, mask))
-            t = norm(ffn.base_forward(h) + h)
+            return self.ffns[i].base_forward(h)
+
+        self._encode(ids, mask, base)
         return out
 
     def contexts(self, inputs: Batch) -> list[torch.Tensor]:
@@ -105,14 +155,14 @@ class TextMoE(UnifiedMoE):
         """Logits `[B, classes]`; with `return_probs`, also each layer's router probs `[B, L', K]`."""
         ids, mask = _trimmed(inputs)
         ctx = self._contexts(ids, mask) if self.uses_context() else [None] * len(self.routers)
-        t, attn_mask = self._embed(ids, mask)
         probs = []
-        for attn, ffn, norm, router, c in zip(self.attentions, self.ffns, self.norms, self.routers, ctx, strict=True):
-            h = attn(t, attn_mask)[0]
-            w, p = router(h, c)
+
+        def moe(i: int, h: torch.Tensor) -> torch.Tensor:
+            w, p = self.routers[i](h, ctx[i])
             probs.append(p)
-            t = norm(ffn(h, w) + h)            # BertOutput: LayerNorm(dense(...) + input), dropout off
-        logits = self.head(masked_token_mean(t, mask))
+            return self.ffns[i](h, w)
+
+        logits = self.head(masked_token_mean(self._encode(ids, mask, moe), mask))
         return (logits, probs) if return_probs else logits
 
 
@@ -140,15 +190,7 @@ def build_text_moe_from_experts(model: TextExpertModel, expert_states: Sequence[
     check_expert_states(model, expert_states)
     base = model.bert.get_base_model()
     layers, dev = base.encoder.layer, model.device
-    # Structural copies sharing the frozen tensors; `.base_layer` unwraps PEFT's LoRA Linear.
-    frozen = _share_frozen(nn.ModuleDict({
-        "embeddings": base.embeddings,
-        "attention": nn.ModuleList(layer.attention for layer in layers),
-        "fc1": nn.ModuleList(layer.intermediate.dense.get_base_layer() for layer in layers),
-        "fc2": nn.ModuleList(layer.output.dense.get_base_layer() for layer in layers),
-        "act": nn.ModuleList(layer.intermediate.intermediate_act_fn for layer in layers),
-        "norm": nn.ModuleList(layer.output.LayerNorm for layer in layers),
-    }))
+    frozen = frozen_bert(base)
     scale = _lora_scale(model)
     ffns = []
     for i in range(len(layers)):

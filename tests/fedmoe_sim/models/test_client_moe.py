@@ -146,5 +146,5 @@ def test_bad_settings_are_refused(digits_benchmark, mixer_cfg):
         build_client_moe(digits_benchmark, mixer_cfg, num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="model.moe_experts must be >= 1"):
         build_client_moe(digits_benchmark, mixer_cfg, num_experts=0)
-    with pytest.raises(ValueError, match="mixer only"):
-        build_client_moe(digits_benchmark, ModelConfig(backbone="minilm"))
+    with pytest.raises(ValueError, match="one with a client MoE"):
+        build_client_moe(digits_benchmark, ModelConfig(backbone="tiny-mlp"))
