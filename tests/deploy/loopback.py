@@ -213,6 +213,15 @@ class Loopback:
         wait_until(lambda: (out / "summary.json").exists(), 60, f"{out}/summary.json after `flwr run` returned")
         return json.loads((out / "summary.json").read_text())
 
+    def run_app_at(self, app: Path, connection: str, run_config: list[str],
+                   timeout: float = 300.0) -> subprocess.CompletedProcess:
+        """`flwr run APP connection --stream` for an app directory other than this repository
+        (see `write_app`); fails on a non-zero exit with the output's tail."""
+        proc = subprocess.run([str(BIN / "flwr"), "run", str(app), connection, "--run-config", " ".join(run_config),
+                               "--stream"], cwd=app, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
 
 def uploads(out: Path) -> set[tuple[int, int]]:
     """(round, client) of every non-empty client -> server upload in a run's ledger.csv."""
@@ -223,3 +232,27 @@ def uploads(out: Path) -> set[tuple[int, int]]:
 def json_of(stdout: str) -> dict:
     """The JSON object a `flwr ... --format json` call printed (after any status lines)."""
     return json.loads(stdout[stdout.index("{"):])
+
+
+def write_app(path: Path, serverapp: str, clientapp: str, config: dict[str, object],
+              files: dict[str, str] | None = None) -> Path:
+    """A Flower app project at `path`: pyproject.toml naming the two components (each from this
+    project's `files`, {relative path: source}, or from a package installed in the venv) and
+    `config` as its `[tool.flwr.app.config]`, the keys `--run-config` may override.
+
+    `flwr run` ships the directory as a FAB: its .py/.toml/.md/... files, minus test_*.py;
+    the SuperLink and SuperNodes unpack it under their Flower home and put it first on the
+    app process's sys.path, so `files` shadow nothing only if their names are new."""
+    path.mkdir(parents=True, exist_ok=True)
+    table = [f"{key} = {json.dumps(value)}" for key, value in config.items()]   # JSON scalars are TOML
+    (path / "pyproject.toml").write_text("\n".join([
+        "[build-system]", 'requires = ["setuptools>=68"]', 'build-backend = "setuptools.build_meta"', "",
+        "[project]", f'name = "{path.name}"', 'version = "1.0.0"', 'description = "a loopback test app"',
+        'license = "Apache-2.0"', "dependencies = []", "",
+        "[tool.flwr.app]", 'publisher = "loopback"', "",
+        "[tool.flwr.app.components]", f'serverapp = "{serverapp}"', f'clientapp = "{clientapp}"', "",
+        "[tool.flwr.app.config]", *table, ""]))
+    for name, source in (files or {}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(source)
+    return path
