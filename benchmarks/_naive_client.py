@@ -10,6 +10,11 @@ cached per process; the client's tensors and the model are not. Training is
 
 Personalised methods (`local`) keep the client's own weights in
 `context.state`, as Flower documents for stateful clients.
+
+One departure from the quickstart, for a like-for-like result: the server
+samples each round the clients (a) and (b) train (`fedmoe_sim.sampling`), not a
+random set of node ids, so it asks every node its partition id once, before
+any timed round (`query`).
 """
 
 from __future__ import annotations
@@ -84,6 +89,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The node's partition id: the server maps logical clients to node ids once."""
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": int(context.node_config["partition-id"])})}),
+                   reply_to=msg)
+
+
 def train_config(workload: str, num_clients: int, seed: int = 0, upload: bool = True) -> ConfigRecord:
     return ConfigRecord({"workload": workload, "num-clients": num_clients, "seed": seed, "upload": int(upload)})
 
@@ -91,6 +103,5 @@ def train_config(workload: str, num_clients: int, seed: int = 0, upload: bool = 
 def initial_arrays(workload: str, num_clients: int, seed: int = 0) -> ArrayRecord:
     tiny = WORKLOADS[workload].tiny_mlp
     _, model, _, _ = _model_and_data(workload, num_clients, seed, 0)
-    if not tiny:
-        model.reset_expert(derive_seed(seed, "expert-init"))
+    model.reset_expert(derive_seed(seed, "expert-init"))   # (a)'s and (b)'s start (tiny: the whole MLP)
     return get_weights(model, tiny)

@@ -33,8 +33,8 @@ IDLE_LEAVES = ("Condition.wait", "Event.wait", "sleep", "_wait_for_tstate_lock",
                "Worker.main_loop (ray", "get_objects", "select (", "poll (")
 CATEGORIES = [
     ("poll sleep (our loop, 5 ms)", ("exchange (strategies/_loop.py:51)",)),
-    ("train: forward/backward/step", ("train_local (",)),
-    ("eval: forward", ("evaluate (fedmoe_sim/training.py",)),
+    ("train: forward/backward/step", ("train_local (", "train_many (")),      # one by one, vectorised
+    ("eval: forward", ("evaluate (fedmoe_sim/training.py", "evaluate_many (")),
     ("ours: wire to_record/from_record", ("to_record (fedmoe", "from_record (fedmoe")),
     ("ours: wire _check_state", ("_check_state",)),
     ("ours: aggregation", ("weighted_average",)),

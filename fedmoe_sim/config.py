@@ -230,8 +230,9 @@ class SimulationConfig:
     cpus_per_worker: float = 1.0       # Ray CPUs per ClientApp actor
     gpus_per_worker: float = 0.0       # Ray GPUs per actor: a scheduling hint, not a VRAM cap
     torch_threads: int = 1             # torch intra-op threads per worker
-    vectorise: bool = False            # train a message's logical clients together, the client as a batch
-                                       # dimension (same experts to ~1e-6; off: one after another, bit-exact)
+    vectorise: bool = True             # train a message's clients of one family together, the client as a batch
+                                       # dimension (same experts to ~1e-6; text, dropout/batch norm and lone
+                                       # clients fall back); false: one after another, bit-exact (ours)
     vectorise_mib: int = 1024          # vectorised training: activation budget per worker; clients are chunked
                                        # so one step's estimated activations stay below it (results do not change)
     ray_address: str = ""              # "" = start a private local Ray; "auto" or HOST:PORT = attach to a running

@@ -19,8 +19,9 @@ Floating-point reduction orders differ from one-after-another training, so resul
 agree to about 1e-6, not bit for bit (tests hold them to 1e-5).
 
 Only models whose output for one sample does not depend on the other samples of
-the batch and that draw no randomness in the forward (no dropout, no batch norm)
-can be vectorised (`can_vectorise`); the others train one after another.
+the batch, that draw no randomness in the forward (no dropout, no batch norm) and
+whose prepared inputs are one tensor (not tokenised text) can be vectorised
+(`can_vectorise`); the others train one after another.
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ State = dict[str, np.ndarray]
 _BATCH_COUPLED = (nn.Dropout, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def can_vectorise(model: nn.Module) -> bool:
-    """No layer whose training-mode output couples samples or draws randomness."""
+def can_vectorise(model: nn.Module, inputs=None) -> bool:
+    """No layer whose training-mode output couples samples or draws randomness, and (when
+    given) `inputs` prepared as one tensor: tokenised text (a dict of tensors, the MiniLM
+    models) is not stacked per client, so those models train one after another."""
+    if inputs is not None and not isinstance(inputs, torch.Tensor):
+        return False
     return not any(isinstance(m, _BATCH_COUPLED) and not (isinstance(m, nn.Dropout) and m.p == 0)
                    for m in model.modules())
 
@@ -54,17 +59,18 @@ def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple
                max_bytes: int = 1 << 30) -> list[tuple[State, TrainStats]]:
     """`train_local` for every client i from `starts[i]` on `data[i]` = (inputs, labels) with
     seed `seeds[i]`; clients of equal steps per epoch in one vectorised loop, in chunks whose
-    estimated activations per step stay under `max_bytes`."""
-    if not can_vectorise(model):
-        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: train its clients one by one")
+    estimated memory per step (activations plus the stacked trainable tensors, their gradients
+    and momentum: `client_bytes`) stays under `max_bytes`, on CPU as on GPU."""
+    if not can_vectorise(model, data[0][0] if data else None):
+        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers or non-tensor inputs: "
+                         "train its clients one by one")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, (_, labels) in enumerate(data):
         groups[steps_per_epoch(int(labels.shape[0]), cfg)].append(i)
     out: list[tuple[State, TrainStats] | None] = [None] * len(starts)
     for members in groups.values():
         batch = min(cfg.batch_size, max(int(data[i][1].shape[0]) for i in members))
-        per_client = max(1, activation_bytes(model, data[members[0]][0]) * batch)
-        chunk = max(1, int(max_bytes // per_client))
+        chunk = max(1, int(max_bytes // client_bytes(model, data[members[0]][0], batch, TRAIN_COPIES)))
         for lo in range(0, len(members), chunk):
             part = members[lo:lo + chunk]
             trained = _train_group(model, [starts[i] for i in part], [data[i] for i in part], cfg,
@@ -75,6 +81,16 @@ def train_many(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple
 
 
 BACKWARD_FACTOR = 3   # saved activations + their gradients + the transient of one layer, roughly
+TRAIN_COPIES = 5      # per trainable tensor in a step: itself, its gradient, momentum, clipped and decayed temps
+EVAL_COPIES = 1
+
+
+def client_bytes(model: ExpertModel, inputs, batch: int, copies: int) -> int:
+    """Estimated memory one client adds to a vectorised step: `batch` samples' activations
+    (`activation_bytes`) plus `copies` of its trainable tensors (stacked per client; for a
+    LoRA expert small, for a model trained whole, the tiny MLP, larger than its activations)."""
+    trainable = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in model.expert_spec().values())
+    return max(1, activation_bytes(model, inputs) * batch + copies * trainable)
 
 
 def activation_bytes(model: nn.Module, inputs) -> int:
@@ -140,8 +156,8 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
         return loss, logits
 
     step_fn = vmap(grad_and_value(loss_of, has_aux=True))
-    loss_sum = torch.zeros(len(starts), dtype=torch.float64)
-    correct = torch.zeros(len(starts), dtype=torch.long)
+    loss_sum = torch.zeros(len(starts), dtype=torch.float64, device=device)    # on the device: no sync per step
+    correct = torch.zeros(len(starts), dtype=torch.long, device=device)
     model.train()
     for t in range(len(schedules[0])):
         if t % per_epoch == 0:
@@ -150,10 +166,10 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
         xb, yb, wb, counts = _batch(inputs, labels, [s[t] for s in schedules], device)
         grads, (loss, logits) = step_fn(params, xb, yb, wb)
         _sgd_step(params, grads, momentum, cfg)
-        loss_sum += loss.detach().double().cpu() * counts
-        hits = ((logits.detach().argmax(-1) == yb) & (wb > 0)).sum(-1)
-        correct += hits.cpu()
+        loss_sum += loss.detach().double() * counts.to(device)
+        correct += ((logits.detach().argmax(-1) == yb) & (wb > 0)).sum(-1)
     model.eval()
+    loss_sum, correct = loss_sum.cpu(), correct.cpu()
     out = []
     for i, n in enumerate(sizes):
         state = {k: params[k][i].detach().to("cpu", torch.float32).numpy().copy() for k in names}
@@ -168,8 +184,9 @@ def evaluate_many(model: ExpertModel, states: Sequence[State], data: Sequence[tu
     """`training.evaluate` (mean cross-entropy, accuracy) of every client i's `states[i]` on
     `data[i]` = (inputs, labels), the clients in one vectorised forward per batch. Clients that
     share one test set (the same tensor object: a domain's held-out set) read it once."""
-    if not can_vectorise(model):
-        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers: evaluate its clients one by one")
+    if not can_vectorise(model, data[0][0] if data else None):
+        raise ValueError(f"{type(model).__name__} has batch-coupled or random layers or non-tensor inputs: "
+                         "evaluate its clients one by one")
     out: list[tuple[float, float]] = [(float("nan"), float("nan"))] * len(states)
     users = defaultdict(int)
     for x, _ in data:
@@ -180,9 +197,8 @@ def evaluate_many(model: ExpertModel, states: Sequence[State], data: Sequence[tu
             groups[id(x) if users[id(x)] > 1 else -1].append(i)
     for key, members in groups.items():
         shared = key != -1
-        first = data[members[0]][0]
-        per_client = max(1, activation_bytes(model, first) * min(batch_size, max(int(data[i][1].shape[0]) for i in members)))
-        chunk = max(1, int(max_bytes // per_client))
+        batch = min(batch_size, max(int(data[i][1].shape[0]) for i in members))
+        chunk = max(1, int(max_bytes // client_bytes(model, data[members[0]][0], batch, EVAL_COPIES)))
         for lo in range(0, len(members), chunk):
             part = members[lo:lo + chunk]
             for i, result in zip(part, _evaluate_group(model, [states[i] for i in part], [data[i] for i in part],

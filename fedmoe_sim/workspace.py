@@ -153,14 +153,14 @@ class Workspace:
             by_family.setdefault(self.family_of(cid), []).append(i)
         for family, members in by_family.items():
             model = self.models[family]
-            if not can_vectorise(model) or len(members) == 1:
+            pools = [datas[i] if datas[i] is not None else self.train_data(cids[i]) for i in members]
+            if len(members) == 1 or not can_vectorise(model, pools[0][0]):
                 for i in members:
                     out[i] = self.train_client(cids[i], server_round, starts[i], datas[i])
                 continue
             initial = None
             if any(starts[i] is None for i in members):
                 initial = self.initial_expert(family)
-            pools = [datas[i] if datas[i] is not None else self.train_data(cids[i]) for i in members]
             trained = train_many(model, [starts[i] if starts[i] is not None else initial for i in members], pools,
                                  self.cfg.train, [derive_seed(self.cfg.seed, server_round, cids[i]) for i in members],
                                  max_bytes=self.cfg.simulation.vectorise_mib << 20)
@@ -193,7 +193,7 @@ class Workspace:
         budget = self.cfg.simulation.vectorise_mib << 20
         for family, members in by_family.items():
             model = self.models[family]
-            if not can_vectorise(model) or len(members) == 1:
+            if len(members) == 1 or not can_vectorise(model, self.test_data(cids[members[0]])[0]):
                 for i in members:
                     out[i] = self.evaluate_client(cids[i], states[i])
                 continue
@@ -226,7 +226,8 @@ def workspace_key(cfg: RunConfig) -> tuple:
 
 
 def get_workspace(cfg: RunConfig, node_config: dict | None = None) -> Workspace:
-    """The process-wide workspace for cfg (built on first use, LRU of two). A node whose
+    """The process-wide workspace for cfg (built on first use, LRU of two; `ws.cfg` is the latest
+    caller's, so settings outside the key, such as simulation.vectorise, follow the run). A node whose
     node config names a `data-path` gets its own, in which the logical client it holds
     (its partition-id) has the node's data instead of its partition (`data.node_data`)."""
     from fedmoe_sim.data.node_data import NODE_DATA_DOMAIN, load_node_split, node_data_path
@@ -250,6 +251,7 @@ def get_workspace(cfg: RunConfig, node_config: dict | None = None) -> Workspace:
             _WORKSPACES.popitem(last=False)
     else:
         _WORKSPACES.move_to_end(key)
+        ws.cfg = cfg    # the key fixes data and models; the rest (simulation.vectorise, ...) is this run's
     return ws
 
 

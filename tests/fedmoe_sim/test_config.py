@@ -63,14 +63,18 @@ def test_keys_added_later_keep_old_hashes_while_off():
     at its no-op value the key stays out, and it counts as soon as it does something."""
     from fedmoe_sim.config import ADDED_KEYS_OFF, METHOD_SECTIONS, NOT_IDENTITY, flatten
 
-    cfg = resolve_config({})
+    old_defaults = {"simulation.vectorise": False}   # the one added key whose default changed since (issue 13)
+    cfg = resolve_config(old_defaults)
     flat = {k: v for k, v in cfg.to_flat().items() if k not in NOT_IDENTITY and k not in ADDED_KEYS_OFF
             and k.split(".")[0] not in METHOD_SECTIONS}
     before = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.identity_hash() == before
-    assert resolve_config({"metamoe.late_domains": "gamma"}).identity_hash() != before
+    assert resolve_config({**old_defaults, "metamoe.late_domains": "gamma"}).identity_hash() != before
     assert set(ADDED_KEYS_OFF) <= set(flatten(json.loads(cfg.to_json())))
-    assert all(ADDED_KEYS_OFF[k] == v for k, v in cfg.to_flat().items() if k in ADDED_KEYS_OFF)   # off by default
+    assert all(ADDED_KEYS_OFF[k] == v for k, v in cfg.to_flat().items() if k in ADDED_KEYS_OFF)   # off then
+    default = resolve_config({})
+    assert all(ADDED_KEYS_OFF[k] == v for k, v in default.to_flat().items() if k in ADDED_KEYS_OFF and k not in old_defaults)
+    assert default.simulation.vectorise and default.identity_hash() != before    # default runs hash anew
 
 
 # identity hashes recorded at 7ca1c1a, before model.families, federation.state_dir and method sections
@@ -88,7 +92,8 @@ def test_existing_runs_keep_their_recorded_hash(experiment, strategy):
     from experiments.catalogue import build_config
 
     small = {"federation.rounds": 2, "data.samples_per_client": 20, "model.pretrain_steps": 200,
-             "train.local_epochs": 1, "simulation.num_workers": 2}
+             "train.local_epochs": 1, "simulation.num_workers": 2,
+             "simulation.vectorise": False}   # as recorded then; the default (on) hashes anew
     if experiment == "metamoe-digits":
         small.update({"metamoe.candidates": 80, "metamoe.proxies": 20, "metamoe.relevance_epochs": 5,
                       "metamoe.finetune_epochs": 2})

@@ -86,7 +86,12 @@ def test_training_beats_the_initial_expert(sims):
 
 
 def test_placement_does_not_change_the_numbers(sims, tmp_path):
-    """Many clients per node (shard) and one client per node (partition) give the same run."""
+    """Many clients per node (shard) and one client per node (partition) give the same run: the
+    same accuracies and bytes, losses to 1e-6, since a shard's clients train vectorised (the
+    default) and a lone client one by one (bit for bit with simulation.vectorise off: the
+    moving-clients test of tests/strategies/test_protocol.py)."""
     pinned = run_many([_cfg(tmp_path, "fedavg", **{"federation.placement": "partition"})])[0]
-    assert pinned.final == sims["fedavg"].final
+    accuracies = lambda final: {k: v for k, v in final.items() if "acc" in k}  # noqa: E731
+    assert accuracies(pinned.final) == accuracies(sims["fedavg"].final)
+    assert pinned.final == pytest.approx(sims["fedavg"].final, abs=1e-6)
     assert pinned.bytes_up == sims["fedavg"].bytes_up
