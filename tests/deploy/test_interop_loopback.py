@@ -164,6 +164,7 @@ def federation(tmp_path_factory):
         yield lab, lab.connection("lab", address)
 
 
+@pytest.mark.slow
 def test_flowers_fedavg_serverapp_drives_our_clientapp_over_loopback(federation, tmp_path):
     lab, connection = federation
     # Flower only accepts --run-config keys the app declares; our ClientApp reads these (and
@@ -187,6 +188,7 @@ def test_flowers_fedavg_serverapp_drives_our_clientapp_over_loopback(federation,
     assert result["changed"] > 0
 
 
+@pytest.mark.slow
 def test_our_serverapp_drives_a_quickstart_clientapp_over_loopback(federation, tmp_path):
     lab, connection = federation
     out = tmp_path / "run"

@@ -106,6 +106,7 @@ def test_make_certs_writes_a_ca_a_server_certificate_with_sans_and_openssh_ecdsa
 
 
 @needs_tools
+@pytest.mark.slow
 def test_fedavg_runs_two_rounds_over_tls_with_authenticated_supernodes(lab, certs, tmp_path):
     address, connection = tls_superlink(lab, certs)
     registered = {register(lab, connection, certs / f"supernode-{i}.pub") for i in range(NODES)}
@@ -117,6 +118,7 @@ def test_fedavg_runs_two_rounds_over_tls_with_authenticated_supernodes(lab, cert
 
 
 @needs_tools
+@pytest.mark.slow
 def test_a_supernode_whose_key_is_not_registered_is_refused(lab, certs):
     address, connection = tls_superlink(lab, certs)
     known = register(lab, connection, certs / "supernode-0.pub")
@@ -135,6 +137,7 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(lab, certs):
     assert member.poll() is None
 
 
+@pytest.mark.slow
 def test_three_insecure_supernodes_run_two_rounds_then_one_dies_and_the_run_goes_on(lab, tmp_path):
     """The lab setup of docs/deploy.md: 3 SuperNodes, every client uploads in rounds 1 and 2;
     then node 2 is killed (its whole process tree) and round 3 finishes with the other two

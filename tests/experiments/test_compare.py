@@ -26,6 +26,7 @@ def _compare(out: Path, seeds: str = "0,1") -> list[str]:
             "--strategies", "fedavg,local", "--seeds", seeds, *GRID, "--out", str(out), "--quiet", *SMALL]
 
 
+@pytest.mark.slow
 def test_a_killed_grid_sweep_resumes_without_redoing_finished_runs(tmp_path):
     """2x2 grid x 2 strategies x 2 seeds: killed mid-sweep, rerun, every variant in the table."""
     out = tmp_path / "sweep"

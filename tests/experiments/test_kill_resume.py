@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from experiments.catalogue import build_config
 from experiments.runner import run_simulation
 
@@ -36,6 +38,7 @@ def _numbers(out: Path) -> dict:
             "ledger": (out / "ledger.csv").read_text()}
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     base = ["--strategy", "local", *SMALL]

@@ -140,6 +140,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_simulation_runs_on_an_attached_cluster(ray_head, tmp_path):
     address, _ = ray_head
     out = tmp_path / "run"

@@ -24,6 +24,7 @@ def superlink(tmp_path):
         yield lab.connection("test", address), lab
 
 
+@pytest.mark.slow
 def test_metamoe_runs_on_a_superlink_with_one_client_per_node(superlink, tmp_path):
     connection, lab = superlink
     out = tmp_path / "run"
