@@ -32,7 +32,7 @@ from fedmoe_sim.config import ModelConfig
 from fedmoe_sim.models.client_moe import ClientMoEModel, GatedLoRAFFN, check_moe_size
 from fedmoe_sim.models.text import TextExpertModel, load_minilm
 from fedmoe_sim.models.text_moe import Batch, BertLayers, _trimmed, frozen_bert, masked_token_mean
-from fedmoe_sim.models.vit import VitExpertModel, load_vit
+from fedmoe_sim.models.vit import VitExpertModel, load_vit_inputs
 from fedmoe_sim.models.vit_moe import VitLayers, frozen_vit
 
 
@@ -110,21 +110,10 @@ class VitClientMoEModel(VitLayers, ClientMoEModel):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig, num_experts: int = 4,
                  top_k: int = 2, device: str | torch.device = "cpu"):
         super().__init__(num_classes)
-        if len(in_shape) != 3:
-            raise ValueError(f"model.backbone=vit-moe needs images [C, H, W] (got input shape {tuple(in_shape)})")
         dev = torch.device(device)
-        self.in_shape = tuple(int(s) for s in in_shape)
-        base, stats = load_vit(self.in_shape, cfg, str(dev))
+        base = load_vit_inputs(self, in_shape, cfg, dev, "vit-moe")      # what `prepare` reads
         width = base.config.hidden_size
         check_moe_size(num_experts, top_k, width, "the ViT width")
-        size = base.config.image_size
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.channels = int(base.config.num_channels)       # `prepare`'s contract, as in VitExpertModel
-        if self.in_shape[0] not in (1, self.channels):
-            raise ValueError(f"images with {self.in_shape[0]} channels cannot feed a {self.channels}-channel "
-                             f"backbone (model.pretrained={cfg.pretrained!r})")
-        mean, std = stats or ([0.0], [1.0])
-        self._mean, self._std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
         self.top_k = int(top_k)
         frozen = frozen_vit(base)
         self.stem, self.final = frozen["stem"], frozen["final"]

@@ -193,6 +193,25 @@ def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def load_vit_inputs(model: nn.Module, in_shape: tuple[int, ...], cfg: ModelConfig, device: torch.device,
+                    backbone: str) -> nn.Module:
+    """Load the ViT/CLIP backbone for images of `in_shape` and set what `VitExpertModel.prepare`
+    reads on `model` (in_shape, image_size, channels, normalisation); returns the backbone."""
+    if len(in_shape) != 3:
+        raise ValueError(f"model.backbone={backbone} needs images [C, H, W] (got input shape {tuple(in_shape)})")
+    model.in_shape = tuple(int(s) for s in in_shape)
+    base, stats = load_vit(model.in_shape, cfg, str(device))
+    size = base.config.image_size
+    model.image_size = (size, size) if isinstance(size, int) else tuple(size)
+    model.channels = int(base.config.num_channels)
+    if model.in_shape[0] not in (1, model.channels):
+        raise ValueError(f"images with {model.in_shape[0]} channels cannot feed a {model.channels}-channel "
+                         f"backbone (model.pretrained={cfg.pretrained!r})")
+    mean, std = stats or ([0.0], [1.0])             # random init: the [0, 1] pixels as they are
+    model._mean, model._std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    return base
+
+
 class VitExpertModel(ExpertModel):
     """Frozen ViT/CLIP + FFN LoRA (PEFT) + trainable head. Inputs: prepared images `[B, C', H, W]`.
 
@@ -205,19 +224,8 @@ class VitExpertModel(ExpertModel):
                  device: str | torch.device = "cpu"):
         super().__init__(num_classes)
 
-        if len(in_shape) != 3:
-            raise ValueError(f"model.backbone=vit needs images [C, H, W] (got input shape {tuple(in_shape)})")
         dev = torch.device(device)
-        self.in_shape = tuple(int(s) for s in in_shape)
-        base, stats = load_vit(self.in_shape, cfg, str(dev))
-        size = base.config.image_size
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.channels = int(base.config.num_channels)
-        if self.in_shape[0] not in (1, self.channels):
-            raise ValueError(f"images with {self.in_shape[0]} channels cannot feed a {self.channels}-channel "
-                             f"backbone (model.pretrained={cfg.pretrained!r})")
-        mean, std = stats or ([0.0], [1.0])             # random init: the [0, 1] pixels as they are
-        self._mean, self._std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+        base = load_vit_inputs(self, in_shape, cfg, dev, "vit")
         self.is_clip = hasattr(base, "post_layernorm")
         self.vit, self.head = wrap_ffn_lora(base, cfg, FFN_TARGETS, num_classes, dev)
         register_peft_expert(self, "vit", self.vit, self.head)
