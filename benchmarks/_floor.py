@@ -50,6 +50,17 @@ def chunks(items: list, n: int) -> list[list]:
     return out
 
 
+def server_step(results, personal: bool, own: dict, global_state):
+    """The plain loops' server step ((a) and (a2)): `local` keeps each client's state in `own`;
+    FedAvg averages the states weighted by examples, in schedule order. Returns the global state."""
+    from fedmoe_sim.aggregation import weighted_average
+
+    if personal:
+        own.update((cid, state) for cid, state, _ in results)
+        return global_state
+    return weighted_average([state for _, state, _ in results], [n for _, _, n in results])
+
+
 class Floor:
     """N worker processes (spawned once, torch threads as the config says: 1)."""
 
@@ -65,7 +76,6 @@ class Floor:
 
     def run(self, cfg) -> tuple[list[tuple[float, float]], list[State | None]]:
         """(start, end) of every round, and the global expert after each round (None for `local`)."""
-        from fedmoe_sim.aggregation import weighted_average
         from fedmoe_sim.sampling import client_schedule
         from fedmoe_sim.workspace import Workspace
 
@@ -85,16 +95,9 @@ class Floor:
             for conn, cids in zip(self.conns, parts, strict=True):
                 starts = [own.get(c) for c in cids] if personal else [global_state] * len(cids)
                 conn.send(("round", server_round, cids, starts))
-            states, weights = [], []
-            for conn, cids in zip(self.conns, parts, strict=True):
-                for cid, (state, n) in zip(cids, conn.recv(), strict=True):
-                    if personal:
-                        own[cid] = state
-                    else:
-                        states.append(state)
-                        weights.append(n)
-            if not personal:
-                global_state = weighted_average(states, weights)
+            results = [(cid, state, n) for conn, cids in zip(self.conns, parts, strict=True)
+                       for cid, (state, n) in zip(cids, conn.recv(), strict=True)]
+            global_state = server_step(results, personal, own, global_state)
             spans.append((t0, time.monotonic()))
             experts.append(global_state)
         return spans, experts

@@ -68,7 +68,7 @@ from experiments.runner import backend_config, quiet_flower, run_many  # noqa: E
 from fedmoe_sim.progress import Progress, SweepProgress  # noqa: E402
 
 from _checks import SAME_RESULT_TOL, require_pickup_patch, same_result  # noqa: E402
-from _floor import Floor  # noqa: E402
+from _floor import Floor, server_step  # noqa: E402
 from _workloads import WORKLOADS, workload_config  # noqa: E402
 
 # issue 4 (naive, RSS growth) and issue 13 (vectorised: loop, floor, tiny; RSS) acceptance limits
@@ -176,7 +176,6 @@ class TreeRSS:
 def run_loop(cfg) -> tuple[list[tuple[float, float]], list[dict | None]]:
     """(start, end) of every round of the plain loop (every sampled client in turn on one model, then
     the server step), and the global expert after each round (None for `local`)."""
-    from fedmoe_sim.aggregation import weighted_average
     from fedmoe_sim.sampling import client_schedule
     from fedmoe_sim.workspace import Workspace
 
@@ -189,16 +188,11 @@ def run_loop(cfg) -> tuple[list[tuple[float, float]], list[dict | None]]:
     spans, experts = [], []
     for server_round in range(1, fed.rounds + 1):
         t0 = time.monotonic()
-        states, weights = [], []
+        results = []
         for cid in schedule[server_round - 1]:
             state, _, n = ws.train_client(cid, server_round, own.get(cid) if personal else global_state)
-            if personal:
-                own[cid] = state
-            else:
-                states.append(state)
-                weights.append(n)
-        if not personal:
-            global_state = weighted_average(states, weights)
+            results.append((cid, state, n))
+        global_state = server_step(results, personal, own, global_state)
         spans.append((t0, time.monotonic()))
         experts.append(None if personal else global_state)
     return spans, experts
