@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -96,62 +97,8 @@ def main(grid: Grid, context: Context) -> None:
     }))
 '''
 
-USER_CLIENT = '''\
-"""A quickstart-style ClientApp: the user's own torch MLP (fc1/fc2, as model.backbone=tiny-mlp)."""
-import torch
-import torch.nn.functional as F
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from sklearn.datasets import load_digits
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
-def load_data(partition_id: int, num_partitions: int):
-    digits = load_digits()
-    x = torch.tensor(digits.data[partition_id::num_partitions][:60] / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target[partition_id::num_partitions][:60])
-    return (x[:40], y[:40]), (x[40:], y[40:])
-
-
-app = ClientApp()
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    (x, y), _ = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimiser.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimiser.step()
-    metrics = MetricRecord({"train_loss": loss.item(), "num-examples": len(x)})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    _, (x, y) = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
-    with torch.no_grad():
-        logits = model(x)
-    metrics = MetricRecord({"eval_loss": F.cross_entropy(logits, y).item(),
-                            "eval_acc": (logits.argmax(1) == y).float().mean().item(), "num-examples": len(x)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-'''
+USER_CLIENT = (Path(__file__).resolve().parents[1] / "quickstart_clientapp.py").read_text()   # shared with
+# the in-process interop test
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,8 @@ import csv
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedTrimmedAvg
-from sklearn.datasets import load_digits
-from torch import nn
 
 from experiments import registry
 from experiments.catalogue import build_config
@@ -94,54 +89,19 @@ def test_a_node_outside_the_runs_clients_answers_with_one_line(task_identity):
 
 
 # ------------------------------------------ B: a Flower user's ClientApp, our ServerApp ----
-class Net(nn.Module):
-    """The user's own model: its tensors match our tiny-mlp (model.backbone = tiny-mlp)."""
+def _quickstart_app():
+    """The user's ClientApp (tests/quickstart_clientapp.py, also shipped by the loopback test)."""
+    import importlib.util
+    from pathlib import Path
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
-def load_data(partition_id: int, num_partitions: int):
-    digits = load_digits()
-    x = torch.tensor(digits.data[partition_id::num_partitions][:60] / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target[partition_id::num_partitions][:60])
-    return (x[:40], y[:40]), (x[40:], y[40:])
+    path = Path(__file__).resolve().parents[1] / "quickstart_clientapp.py"
+    spec = importlib.util.spec_from_file_location("quickstart_clientapp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
 
 
-user_app = ClientApp()
-
-
-@user_app.train()
-def user_train(msg: Message, context: Context) -> Message:
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    (x, y), _ = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimiser.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimiser.step()
-    loss_value = float("nan") if context.node_config.get("misbehave") else loss.item()
-    metrics = MetricRecord({"train_loss": loss_value, "num-examples": len(x)})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
-
-
-@user_app.evaluate()
-def user_evaluate(msg: Message, context: Context) -> Message:
-    model = Net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    _, (x, y) = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
-    with torch.no_grad():
-        logits = model(x)
-    metrics = MetricRecord({"eval_loss": F.cross_entropy(logits, y).item(),
-                            "eval_acc": (logits.argmax(1) == y).float().mean().item(), "num-examples": len(x)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+user_app = _quickstart_app()
 
 
 def _user_run(tmp_path, nodes):
