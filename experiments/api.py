@@ -49,12 +49,11 @@ def _axes(grid: Grid | None) -> list[GridAxis]:
     if isinstance(grid, Mapping):
         axes = []
         for head, values in grid.items():
-            scope, _, key = head.rpartition(":")
             values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
             if not values:
                 from fedmoe_sim.config import ConfigError
                 raise ConfigError(f"grid {head!r} has no values")
-            axes.append(GridAxis(key, values, tuple(x.strip() for x in scope.split(",") if x.strip())))
+            axes.append(GridAxis.of(head, values))
         return axes
     return [a if isinstance(a, GridAxis) else GridAxis.parse(a) for a in grid]
 

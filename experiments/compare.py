@@ -51,11 +51,17 @@ class GridAxis:
     @classmethod
     def parse(cls, text: str) -> GridAxis:
         head, sep, values = text.partition("=")
-        scope, _, key = head.rpartition(":")
+        key = head.rpartition(":")[2]
         items = tuple(v.strip() for v in values.split(","))
         if not sep or not key.strip() or not any(items) or not all(items):
             raise ConfigError(f"--grid expects [STRATEGY:]KEY=V1,V2,... (got {text!r})")
-        return cls(key.strip(), items, tuple(s.strip() for s in scope.split(",") if s.strip()))
+        return cls.of(head, items)
+
+    @classmethod
+    def of(cls, head: str, values: tuple[Any, ...]) -> GridAxis:
+        """From `[STRATEGY,...:]KEY` and its values (the command line's and the Python API's form)."""
+        scope, _, key = head.rpartition(":")
+        return cls(key.strip(), values, tuple(s.strip() for s in scope.split(",") if s.strip()))
 
     def applies_to(self, strategy: str) -> bool:
         return not self.strategies or strategy in self.strategies
