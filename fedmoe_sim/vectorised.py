@@ -171,8 +171,9 @@ def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tup
     model.eval()
     loss_sum, correct = loss_sum.cpu(), correct.cpu()
     out = []
+    trained = {k: params[k].detach().to("cpu", torch.float32).numpy() for k in names}   # one copy per tensor
     for i, n in enumerate(sizes):
-        state = {k: params[k][i].detach().to("cpu", torch.float32).numpy().copy() for k in names}
+        state = {k: trained[k][i] for k in names}        # row views: no per-client copies
         out.append((state, TrainStats(loss=float(loss_sum[i]) / max(n, 1), accuracy=int(correct[i]) / max(n, 1),
                                       steps=len(schedules[i]))))
     return out

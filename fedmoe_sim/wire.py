@@ -18,9 +18,15 @@ the `task` ConfigRecord maps, per part name, every client to its blob (`part/<na
 
 Reply (node -> server): per logical client `c`, a MetricRecord `metrics/<c>`, one
 ArrayRecord `up/<c>/<part>` per expected part, or a ConfigRecord `error/<c>` when the
-client could not do its task. The server checks every part against the spec the
-strategy declared and rejects the client (reason logged) on a missing, unknown or
-malformed part; the round goes on with the rest.
+client could not do its task. Clients of one reply whose part has the same layout (keys,
+shapes, dtypes) travel packed instead: one ArrayRecord `pack/<g>/<part>` whose arrays
+stack theirs along a new leading axis, and their metrics likewise as one MetricRecord
+`mpack/<g>` of lists; the ConfigRecord `packs` lists, per pack, its clients in row
+order. Why: a node answering for hundreds of logical clients would otherwise build,
+pickle and parse hundreds of records per part, which costs more than training small
+experts. Bytes are the same either way and are booked per client (its rows). The
+server checks every part against the spec the strategy declared and rejects the client
+(reason logged) on a missing, unknown or malformed part; the round goes on with the rest.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ PART_PREFIX = "part/"        # task config key: per client, the blob index of th
 PLAN_PREFIX = "plan/"        # task config key: per client, one plan value
 UP_PREFIX = "up/"            # reply ArrayRecord per logical client and part: up/<cid>/<part>
 METRICS_PREFIX = "metrics/"  # reply MetricRecord per logical client
+PACK_PREFIX = "pack/"        # reply ArrayRecord: one part of many clients, stacked: pack/<g>/<part>
+MPACK_PREFIX = "mpack/"      # reply MetricRecord: the metrics of many clients, one list per key
+PACKS = "packs"              # reply ConfigRecord: pack record name -> its clients, in row order
 ERROR_PREFIX = "error/"      # reply ConfigRecord per logical client that failed its task
 ERROR_KIND, ERROR_REASON = "kind", "reason"
 MISSING_STATE = "missing-state"   # error kind: the client's persistent state is not where it should be
@@ -239,15 +248,37 @@ class ClientResult:
 
 
 def make_reply(results: list[ClientResult]) -> RecordDict:
+    """The node's reply; clients that share a part's layout (or a metric key set) are packed."""
     content = RecordDict()
+    index: dict[str, list[int]] = {}
+    metric_groups: dict[tuple[str, ...], list[ClientResult]] = defaultdict(list)
+    part_groups: dict[tuple, list[tuple[int, State]]] = defaultdict(list)
     for res in results:
         if res.error is not None:
             content[f"{ERROR_PREFIX}{res.client_id}"] = ConfigRecord({ERROR_KIND: res.error_kind,
                                                                       ERROR_REASON: res.error})
             continue
-        content[f"{METRICS_PREFIX}{res.client_id}"] = MetricRecord({k: float(v) for k, v in res.metrics.items()})
+        metric_groups[tuple(res.metrics)].append(res)
         for part, state in res.parts.items():
-            content[f"{UP_PREFIX}{res.client_id}/{part}"] = to_record(state)
+            layout = tuple((k, np.shape(a), np.asarray(a).dtype.str) for k, a in state.items())
+            part_groups[(part, layout)].append((res.client_id, state))
+    for g, (keys, members) in enumerate(metric_groups.items()):
+        if len(members) == 1:
+            content[f"{METRICS_PREFIX}{members[0].client_id}"] = MetricRecord(
+                {k: float(v) for k, v in members[0].metrics.items()})
+            continue
+        content[f"{MPACK_PREFIX}{g}"] = MetricRecord({k: [float(r.metrics[k]) for r in members] for k in keys})
+        index[f"{MPACK_PREFIX}{g}"] = [int(r.client_id) for r in members]
+    for g, ((part, layout), members) in enumerate(part_groups.items()):
+        if len(members) == 1:
+            content[f"{UP_PREFIX}{members[0][0]}/{part}"] = to_record(members[0][1])
+            continue
+        name = f"{PACK_PREFIX}{g}/{part}"
+        content[name] = ArrayRecord({k: Array(np.stack([state[k] for _, state in members]))
+                                     for k, _, _ in layout})
+        index[name] = [int(cid) for cid, _ in members]
+    if index:
+        content[PACKS] = ConfigRecord(index)
     return content
 
 
@@ -285,25 +316,14 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
         content = msg.content
         # Flower rebuilds these typed views on every property access: take them once per reply
         metric_records, array_records, config_records = content.metric_records, content.array_records, content.config_records
-        parts: dict[int, dict[str, ArrayRecord]] = defaultdict(dict)
-        for name, record in array_records.items():
-            cid_text, _, part = name[len(UP_PREFIX):].partition("/") if name.startswith(UP_PREFIX) else ("", "", "")
-            cid = _client_id(cid_text)
-            if cid is None or not part:
-                log.warning("ignored reply record with a malformed name %r", name)
-                continue
-            parts[cid][part] = record
+        got, metrics_of, clash = _reply_contents(metric_records, array_records, config_records)
         errors = {cid: rec for name, rec in config_records.items()
                   if name.startswith(ERROR_PREFIX) and (cid := _client_id(name[len(ERROR_PREFIX):])) is not None}
-        metrics_of = {cid: rec for name, rec in metric_records.items()
-                      if name.startswith(METRICS_PREFIX) and (cid := _client_id(name[len(METRICS_PREFIX):])) is not None}
-        for cid in sorted(set(parts) | set(errors) | set(metrics_of)):
+        for cid in sorted(set(got) | set(errors) | set(metrics_of) | set(clash)):
             decoded: Parts = {}
-            reason = None
-            for part, record in parts.get(cid, {}).items():
-                state, why = _decode(record)
-                out.uploaded[(cid, part)] = out.uploaded.get((cid, part), 0) + (
-                    state_nbytes(state) if state is not None else sum(len(a.data) for a in record.values()))
+            reason = clash.get(cid)
+            for part, (state, nbytes, why) in got.get(cid, {}).items():
+                out.uploaded[(cid, part)] = out.uploaded.get((cid, part), 0) + nbytes
                 reason = reason or why
                 if state is not None:
                     decoded[part] = state
@@ -319,7 +339,7 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
                 if kind == MISSING_STATE:
                     out.lost_state[cid] = why
             elif cid not in metrics_of:
-                reason = "no metrics in the reply"
+                reason = clash.get(cid, "no metrics in the reply")
             seen.add(cid)
             metrics = None
             if reason is None:
@@ -357,6 +377,78 @@ def _decode(record: ArrayRecord) -> tuple[State | None, str | None]:
         return from_record(record), None
     except Exception as exc:  # a corrupt array must not stop the round
         return None, f"undecodable arrays ({exc})"
+
+
+Decoded = tuple[State | None, int, str | None]   # a client's part (None: undecodable), its bytes, why not
+
+
+def _reply_contents(metric_records, array_records, config_records
+                    ) -> tuple[dict[int, dict[str, Decoded]], dict[int, Mapping], dict[int, str]]:
+    """Per client: its decoded parts, its metrics, and why the reply itself is malformed for it
+    (a pack whose rows or lists do not match its clients, a part or metrics sent twice)."""
+    index = config_records.get(PACKS)
+    packs = {str(k): [int(c) for c in _as_list(v)] for k, v in index.items()} if index is not None else {}
+    got: dict[int, dict[str, Decoded]] = defaultdict(dict)
+    metrics_of: dict[int, Mapping] = {}
+    clash: dict[int, str] = {}
+
+    def put(cid: int, part: str, item: Decoded) -> None:
+        if part in got[cid]:
+            clash.setdefault(cid, f"part {part!r} sent twice")
+        got[cid][part] = item
+
+    def put_metrics(cid: int, metrics: Mapping) -> None:
+        if cid in metrics_of:
+            clash.setdefault(cid, "metrics sent twice")
+        metrics_of[cid] = metrics
+
+    for name, record in array_records.items():
+        if name.startswith(PACK_PREFIX) and name in packs:
+            part = name[len(PACK_PREFIX):].partition("/")[2]
+            ids = packs[name]
+            for cid, item in zip(ids, _unpack(record, len(ids)), strict=True):
+                put(cid, part, item)
+            continue
+        cid_text, _, part = name[len(UP_PREFIX):].partition("/") if name.startswith(UP_PREFIX) else ("", "", "")
+        cid = _client_id(cid_text)
+        if cid is None or not part:
+            log.warning("ignored reply record with a malformed name %r", name)
+            continue
+        state, why = _decode(record)
+        put(cid, part, (state, state_nbytes(state) if state is not None else sum(len(a.data) for a in record.values()),
+                        why))
+    for name, record in metric_records.items():
+        if name.startswith(MPACK_PREFIX) and name in packs:
+            ids = packs[name]
+            lists = {k: _as_list(v) for k, v in record.items()}
+            if any(len(v) != len(ids) for v in lists.values()):
+                for cid in ids:
+                    clash.setdefault(cid, f"metrics pack {name!r} does not hold one value per client")
+                continue
+            for i, cid in enumerate(ids):
+                put_metrics(cid, {k: v[i] for k, v in lists.items()})
+        elif name.startswith(METRICS_PREFIX) and (cid := _client_id(name[len(METRICS_PREFIX):])) is not None:
+            put_metrics(cid, record)
+    return got, metrics_of, clash
+
+
+def unpack_reply(content: RecordDict) -> tuple[dict[int, Parts], dict[int, dict[str, float]]]:
+    """What a reply carries per client, packed or not: its decodable parts and its metrics,
+    unchecked (to look at a reply; the server reads replies with `read_replies`)."""
+    got, metrics_of, _ = _reply_contents(content.metric_records, content.array_records, content.config_records)
+    parts = {cid: {p: state for p, (state, _, _) in items.items() if state is not None} for cid, items in got.items()}
+    return parts, {cid: dict(m) for cid, m in metrics_of.items()}
+
+
+def _unpack(record: ArrayRecord, n: int) -> list[Decoded]:
+    """A pack's rows, one per client (views into one decoded copy), each with its bytes."""
+    state, why = _decode(record)
+    if state is not None and any(a.ndim == 0 or a.shape[0] != n for a in state.values()):
+        state, why = None, f"pack arrays do not have one row per client ({n})"
+    if state is None:
+        return [(None, sum(len(a.data) for a in record.values()) // max(n, 1), why)] * n
+    nbytes = state_nbytes(state) // n
+    return [({k: a[i] for k, a in state.items()}, nbytes, None) for i in range(n)]
 
 
 def read_node_info(msg: Message) -> tuple[int, int]:
@@ -416,18 +508,32 @@ class ByteLedger:
 
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The ledger as columns (a checkpoint stores them without pickle)."""
+        """The ledger as columns (a checkpoint stores them without pickle); the direction and
+        part columns as codes into their few distinct names, since a checkpoint is written
+        every round and the ledger grows with rounds x clients."""
         keys = sorted(self._per_client)
-        return {"round": np.array([k[0] for k in keys], np.int64), "direction": np.array([k[1] for k in keys], dtype="U8"),
-                "client": np.array([k[2] for k in keys], np.int64), "part": np.array([k[3] for k in keys], dtype="U64"),
-                "peer": np.array([k[4] for k in keys], np.int64),
-                "bytes": np.array([self._per_client[k] for k in keys], np.int64)}
+        out = {"round": np.array([k[0] for k in keys], np.int64), "client": np.array([k[2] for k in keys], np.int64),
+               "peer": np.array([k[4] for k in keys], np.int64),
+               "bytes": np.array([self._per_client[k] for k in keys], np.int64)}
+        for col, at in (("direction", 1), ("part", 3)):
+            names = sorted({k[at] for k in keys})
+            code = {name: i for i, name in enumerate(names)}
+            out[f"{col}_names"] = np.array(names, dtype=str)
+            out[f"{col}_code"] = np.array([code[k[at]] for k in keys], np.int32)
+        return out
 
     @classmethod
     def from_arrays(cls, cols: Mapping[str, np.ndarray]) -> ByteLedger:
+        """Back from `to_arrays` (also the plain string columns older checkpoints hold)."""
+        def names(col: str) -> list[str]:
+            if col in cols:
+                return cols[col].tolist()
+            vocab = cols[f"{col}_names"].tolist()
+            return [vocab[i] for i in cols[f"{col}_code"].tolist()]
+
         ledger = cls()
-        for r, d, c, p, s, b in zip(*(cols[k].tolist() for k in ("round", "direction", "client", "part", "peer", "bytes")),
-                                    strict=True):
+        for r, d, c, p, s, b in zip(cols["round"].tolist(), names("direction"), cols["client"].tolist(), names("part"),
+                                    cols["peer"].tolist(), cols["bytes"].tolist(), strict=True):
             ledger.add(int(r), str(d), int(c), int(b), str(p), peer=int(s))
         return ledger
 
@@ -440,6 +546,8 @@ def clients_in(msg: Message) -> int:
     configs = content.config_records
     if TASK in configs:
         return len(_as_list(configs[TASK][CLIENT_IDS]))   # no need to decode any part
+    packs = configs.get(PACKS)
+    packed = sum(len(_as_list(v)) for k, v in packs.items() if str(k).startswith(MPACK_PREFIX)) if packs is not None else 0
     ours = sum(1 for name in content.metric_records if name.startswith(METRICS_PREFIX)) + \
-        sum(1 for name in configs if name.startswith(ERROR_PREFIX))
+        sum(1 for name in configs if name.startswith(ERROR_PREFIX)) + packed
     return ours or int(STD_CONFIG in configs or STD_METRICS in content.metric_records)   # standard: one client

@@ -137,7 +137,7 @@ def run_server(grid: Grid, cfg: RunConfig, method,
         last = row
         if recorder is not None and server_round < rounds and cfg.federation.checkpoint_every and \
                 server_round % cfg.federation.checkpoint_every == 0:
-            save_checkpoint(cfg, server_round, fed, strategy, row, time.monotonic() - t_start)
+            save_checkpoint(cfg, server_round, fed, strategy, row, time.monotonic() - t_start, recorder)
         acc = row.get("acc-mean")
         if run_progress is not None:
             run_progress.round_done(server_round, len(fed.train_cohort(server_round)),
@@ -167,9 +167,11 @@ def resume_point(cfg: RunConfig) -> dict | None:
     return saved
 
 
-def save_checkpoint(cfg: RunConfig, server_round: int, fed: Federation, strategy, row: dict, wall_s: float) -> None:
+def save_checkpoint(cfg: RunConfig, server_round: int, fed: Federation, strategy, row: dict, wall_s: float,
+                    recorder: RunRecorder) -> None:
     """Everything the next round depends on, in one atomic file; then let clients drop older
     state versions (the pin moves only once the checkpoint that needs it is on disk)."""
+    recorder.sync()                      # the rounds a resume from this checkpoint keeps are on disk first
     checkpoint.save(Path(cfg.out) / CHECKPOINT, {
         "round": server_round, "config_hash": cfg.identity_hash(), "federation": fed.checkpoint_state(),
         "strategy": strategy.checkpoint_state(), "rng": _get_rng(), "last": row, "wall_s": wall_s})

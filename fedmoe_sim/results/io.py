@@ -39,6 +39,7 @@ SCHEMA_VERSION = 1
 CONFIG, ROUNDS_JSONL, ROUNDS_CSV, LEDGER, SUMMARY, EVENTS = (
     "config.json", "rounds.jsonl", "rounds.csv", "ledger.csv", "summary.json", "events.jsonl")
 _VERSIONED = ("torch", "flwr", "numpy", "fedmoe-sim")
+CSV_EVERY_S = 1.0   # rounds.csv (a view) is rewritten at most this often while a run goes
 
 
 # ----------------------------------------------------------- atomic writes ----
@@ -56,8 +57,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_replace(path: str | os.PathLike, write: Any, mode: str = "w") -> Path:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename over `path`."""
+def _atomic_replace(path: str | os.PathLike, write: Any, mode: str = "w", durable: bool = True) -> Path:
+    """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename over `path`.
+    `durable=False` skips the fsyncs: still never torn for a reader or a killed process,
+    only an OS crash may lose it (for views rebuilt from a durable record)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,7 +68,8 @@ def _atomic_replace(path: str | os.PathLike, write: Any, mode: str = "w") -> Pat
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; results are meant to be shared
@@ -73,13 +77,14 @@ def _atomic_replace(path: str | os.PathLike, write: Any, mode: str = "w") -> Pat
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
     """Write `text` so readers see the old file or the new one, never a torn mix."""
-    return _atomic_replace(path, lambda f: f.write(text))
+    return _atomic_replace(path, lambda f: f.write(text), durable=durable)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -123,7 +128,7 @@ def _cell(value: Any) -> Any:
     return to_jsonable(value) if hasattr(value, "item") else value
 
 
-def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str], durable: bool = True) -> Path:
     """Write rows in the given column order; a key outside `columns` is an error, not dropped data."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
@@ -133,7 +138,7 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[st
         if extra:
             raise ValueError(f"row has keys outside the CSV columns: {sorted(extra)}")
         writer.writerow({k: _cell(v) for k, v in row.items()})
-    return atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue(), durable)
 
 
 # ------------------------------------------------------------------ JSONL ----
@@ -167,8 +172,9 @@ def _drop_partial_tail(f: Any) -> None:
         f.truncate(start)
 
 
-def append_jsonl(path: str | os.PathLike, record: Any) -> None:
-    """Append one record as one line and fsync, so a crash loses at most the record being written."""
+def append_jsonl(path: str | os.PathLike, record: Any, durable: bool = True) -> None:
+    """Append one record as one line and fsync, so a crash loses at most the record being written
+    (`durable=False`: no fsync; a killed process still loses nothing, an OS crash the unsynced tail)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(to_jsonable(record), sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
@@ -177,7 +183,8 @@ def append_jsonl(path: str | os.PathLike, record: Any) -> None:
         f.seek(0, os.SEEK_END)
         f.write(line)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
@@ -290,6 +297,7 @@ class RunRecorder:
         self.config_hash = config_hash
         self._t0 = time.monotonic()
         self._rows: list[dict[str, Any]] = []
+        self._csv_due = 0.0
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / SUMMARY).unlink(missing_ok=True)
         if resume_after is not None:
@@ -323,8 +331,18 @@ class RunRecorder:
         return rows
 
     def event(self, record: dict[str, Any]) -> None:
-        """Log one round's events (injected, rejected, missed) to events.jsonl."""
-        append_jsonl(self.out_dir / EVENTS, record)
+        """Log one round's events (injected, rejected, missed) to events.jsonl (fsynced by `sync`)."""
+        append_jsonl(self.out_dir / EVENTS, record, durable=False)
+
+    def sync(self) -> None:
+        """Make the round records written so far durable. Called before each checkpoint (a resume
+        needs every round up to it) and at the end, not per round: fsyncs cost milliseconds each,
+        as much as a round of small clients."""
+        for name in (ROUNDS_JSONL, EVENTS):
+            path = self.out_dir / name
+            if path.exists():
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
 
     @property
     def wall_s(self) -> float:
@@ -336,12 +354,19 @@ class RunRecorder:
         r = record.get("round")
         if not isinstance(r, int) or isinstance(r, bool):
             raise ValueError(f"round record needs an integer 'round' (got {r!r})")
-        append_jsonl(self.out_dir / ROUNDS_JSONL, record)
+        append_jsonl(self.out_dir / ROUNDS_JSONL, record, durable=False)
         self._rows.append(record)
-        keys = sorted({k for row in self._rows for k in row} - {"round"})
-        write_csv_atomic(self.out_dir / ROUNDS_CSV, self._rows, ["round", *keys])
+        if time.monotonic() >= self._csv_due:
+            self._write_csv()
         if self._tracker is not None:
             self._tracker.log_round(record)
+
+    def _write_csv(self) -> None:
+        """rounds.csv, a view of rounds.jsonl: rewritten at most once a second while rounds run
+        (the whole table each time), and by `sync`; never torn, not fsynced."""
+        keys = sorted({k for row in self._rows for k in row} - {"round"})
+        write_csv_atomic(self.out_dir / ROUNDS_CSV, self._rows, ["round", *keys], durable=False)
+        self._csv_due = time.monotonic() + CSV_EVERY_S
 
     def ledger(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite ledger.csv from the full ledger (columns in first-seen order)."""
@@ -357,6 +382,8 @@ class RunRecorder:
             d["wall_s"] = self.wall_s
         d["schema_version"] = d.get("schema_version", SCHEMA_VERSION)
         d["status"] = "complete"
+        self._write_csv()
+        self.sync()                       # every record on disk before the run is marked complete
         if self._tracker is not None:     # before summary.json: a finished run has its whole view
             self._tracker.close(d)
             self._tracker = None

@@ -90,6 +90,52 @@ def test_missing_unknown_and_malformed_parts_are_rejected_and_the_rest_kept(part
     assert "rejected update of client 0" in caplog.text
 
 
+def test_clients_sharing_a_layout_travel_packed_and_read_back_as_sent():
+    """Five clients with the same expert layout: one stacked ArrayRecord and one MetricRecord
+    of lists instead of five each; a sixth client with another shape travels on its own and is
+    judged alone; every client reads back exactly what it sent, bytes booked per client."""
+    results = [_result(c, _state(float(c)), **{"train-loss": c / 10}) for c in (3, 0, 7, 1, 4)]
+    odd = wire.ClientResult(9, {"num-examples": 1}, {"expert": {"a": np.zeros((2, 3), np.float32),
+                                                                "b": np.zeros(3, np.float32)}})
+    content = wire.make_reply([*results, odd])
+    packs = content.config_records[wire.PACKS]
+    assert sorted(content.array_records) == ["pack/0/expert", "up/9/expert"]
+    assert list(packs["pack/0/expert"]) == [3, 0, 7, 1, 4]
+    assert tuple(content.array_records["pack/0/expert"]["a"].shape) == (5, 2, 2)
+    assert sorted(content.metric_records) == ["metrics/9", "mpack/0"]     # its metric keys differ too
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0, 1, 3, 4, 7, 9})
+    assert [r.client_id for r in got.results] == [0, 1, 3, 4, 7] and "shape" in got.rejected[9]
+    for r in got.results:
+        np.testing.assert_array_equal(r.part("expert")["a"], _state(float(r.client_id))["a"])
+        np.testing.assert_array_equal(r.part("expert")["b"], _state(float(r.client_id))["b"])
+        assert r.metrics == {"num-examples": 1.0, "train-loss": pytest.approx(r.client_id / 10)}
+    assert got.uploaded == {**{(c, "expert"): 28 for c in (0, 1, 3, 4, 7)}, (9, "expert"): 36}
+    assert wire.clients_in(Message(content, 1, MessageType.TRAIN)) == 6
+
+
+def test_a_malformed_pack_rejects_its_clients_and_no_other():
+    """Rows that do not match the pack's clients, a metrics list of the wrong length, or a part
+    sent both packed and on its own: those clients are rejected, the reply's others are kept."""
+    content = wire.make_reply([_result(c) for c in (0, 1)])
+    content["pack/5/expert"] = wire.to_record({"a": np.zeros((3, 2, 2), np.float32), "b": np.zeros((3, 3), np.float32)})
+    content["mpack/5"] = MetricRecord({"num-examples": [1.0, 1.0]})
+    content["metrics/6"] = MetricRecord({"num-examples": [1.0]})
+    content["up/0/expert"] = wire.to_record(_state())
+    content[wire.PACKS] = wire.ConfigRecord({**content.config_records[wire.PACKS], "pack/5/expert": [2, 3],
+                                             "mpack/5": [2, 3, 4]})
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0, 1, 2, 3, 4})
+    assert [r.client_id for r in got.results] == [1]
+    assert "part 'expert' sent twice" in got.rejected[0]
+    assert all("one value per client" in got.rejected[c] for c in (2, 3, 4))
+
+
+def test_a_pack_whose_rows_do_not_match_its_clients_is_rejected():
+    content = wire.make_reply([_result(c) for c in (0, 1)])
+    content["pack/0/expert"] = wire.to_record({"a": np.zeros((3, 2, 2), np.float32), "b": np.zeros((3, 3), np.float32)})
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0, 1})
+    assert got.results == [] and all("one row per client (2)" in got.rejected[c] for c in (0, 1))
+
+
 def test_bad_metrics_unasked_and_twice_answering_clients_are_rejected():
     content = wire.make_reply([_result(0, **{"num-examples": float("nan")}), _result(9), _result(2)])
     content["metrics/3"] = MetricRecord({"num-examples": [1.0, 2.0]})        # list-valued metric

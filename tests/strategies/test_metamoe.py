@@ -36,11 +36,9 @@ def test_only_proxies_experts_and_routing_vectors_leave_a_client(runs):
     spec, backbone = ws.model.expert_spec(), ws.model.backbone_state()
     uploads = 0
     for msg in runs["replies"]:
-        for name, record in msg.content.array_records.items():
-            arrays = wire.from_record(record)
+        assert all(name.startswith((wire.UP_PREFIX, wire.PACK_PREFIX)) for name in msg.content.array_records)
+        for part, arrays in (item for parts in wire.unpack_reply(msg.content)[0].values() for item in parts.items()):
             assert not set(arrays) & set(backbone)
-            assert name.startswith(wire.UP_PREFIX)
-            part = name.rsplit("/", 1)[1]
             if part == "expert":
                 assert set(arrays) == set(spec)
             elif part == uni.ROUTING:

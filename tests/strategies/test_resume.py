@@ -123,6 +123,41 @@ def test_checkpoints_round_trip_nested_server_state_without_pickle(tmp_path):
     np.random.set_state(back["rng"])
 
 
+def test_large_numeric_dicts_travel_as_arrays_and_come_back_as_python_numbers(tmp_path):
+    """client -> round for 1,000 clients is two arrays, not 1,000 JSON pairs; it reads back as
+    the same dict of Python ints (floats, NaN included); a mixed or small dict stays JSON."""
+    rounds = {cid: cid % 7 for cid in range(1000)}
+    losses = {cid: cid / 3 for cid in range(20)} | {99: float("nan")}
+    mixed = {cid: (cid if cid % 2 else float(cid)) for cid in range(20)}
+    path = checkpoint.save(tmp_path / "c.npz", {"rounds": rounds, "losses": losses, "mixed": mixed, "few": {1: 2}})
+    with np.load(path) as z:
+        assert len(z.files) == 1 + 4          # the meta document and two arrays per numeric dict
+    back = checkpoint.load(path)
+    assert back["rounds"] == rounds and all(type(k) is int and type(v) is int for k, v in back["rounds"].items())
+    assert list(back["losses"])[:20] == list(range(20)) and np.isnan(back["losses"][99])
+    assert all(type(v) is float for v in back["losses"].values())
+    assert back["mixed"] == mixed and [type(v) for v in back["mixed"].values()] == [type(v) for v in mixed.values()]
+    assert back["few"] == {1: 2}
+
+
+def test_a_ledger_checkpoint_codes_its_names_and_reads_older_plain_columns():
+    from fedmoe_sim import wire
+
+    ledger = wire.ByteLedger()
+    for rnd in (1, 2):
+        for cid in range(5):
+            ledger.add(rnd, wire.UP, cid, 10 * cid, "expert")
+            ledger.add(rnd, wire.P2P, cid, 3, "expert/1", peer=(cid + 1) % 5)
+    cols = ledger.to_arrays()
+    assert cols["part_names"].tolist() == ["expert", "expert/1"] and cols["part_code"].dtype == np.int32
+    assert wire.ByteLedger.from_arrays(cols).rows() == ledger.rows()
+    rows = ledger.rows()
+    older = {"round": np.array([r["round"] for r in rows]), "direction": np.array([r["direction"] for r in rows]),
+             "client": np.array([r["client"] for r in rows]), "part": np.array([r["part"] for r in rows]),
+             "peer": np.array([r["peer"] for r in rows]), "bytes": np.array([r["bytes"] for r in rows])}
+    assert wire.ByteLedger.from_arrays(older).rows() == rows
+
+
 def test_a_checkpoint_refuses_what_it_cannot_hold_by_name(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['x'\]\[0\]: a object cannot be checkpointed"):
         checkpoint.save(tmp_path / "c.npz", {"x": [object()]})

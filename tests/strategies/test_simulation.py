@@ -45,9 +45,9 @@ def test_no_backbone_tensor_leaves_a_client_and_upload_equals_expert_bytes(sims)
     expert_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in spec.values())
     uploaded = 0
     for msg in sims["replies"]:
-        for name, record in msg.content.array_records.items():
-            assert name.startswith(wire.UP_PREFIX) and name.endswith("/model")
-            state = wire.from_record(record)
+        assert all(name.startswith((wire.UP_PREFIX, wire.PACK_PREFIX)) and name.endswith("/model")
+                   for name in msg.content.array_records)
+        for state in (parts["model"] for parts in wire.unpack_reply(msg.content)[0].values()):
             assert set(state) == set(spec)
             assert not set(state) & set(backbone)
             for arr in state.values():           # not even under another name

@@ -189,9 +189,8 @@ def test_a_node_with_data_path_trains_its_client_on_its_own_data(tmp_path, monke
     def app(msg, context):
         current["node"] = context.node_config
         reply = clients.app.app(msg, context)
-        for name, record in reply.content.metric_records.items():
-            cid = int(name.removeprefix(wire.METRICS_PREFIX))
-            reported[(msg.metadata.message_type, cid)] = record[wire.NUM_EXAMPLES]
+        for cid, metrics in wire.unpack_reply(reply.content)[1].items():
+            reported[(msg.metadata.message_type, cid)] = metrics[wire.NUM_EXAMPLES]
         return reply
 
     # clients/app.py builds its workspace with `get_workspace(cfg)`; the node data hook needs the

@@ -139,7 +139,8 @@ def test_recorder_writes_config_with_hash_seed_versions(tmp_path):
     assert cfg["started_at"].endswith("+00:00")
 
 
-def test_recorder_rounds_go_to_jsonl_and_a_stable_csv(tmp_path):
+def test_recorder_rounds_go_to_jsonl_and_a_stable_csv(tmp_path, monkeypatch):
+    monkeypatch.setattr(rio, "CSV_EVERY_S", 0.0)       # the view follows every round
     rec = RunRecorder(tmp_path, {"seed": 0}, "h")
     rec.round({"round": 1, "client-train/loss": 2.0, "bytes-up": 100, "wall_s": 1.5})
     rec.round({"round": np.int64(2), "client-eval/acc/mnist": np.float32(0.75), "bytes-up": 100})
@@ -149,6 +150,24 @@ def test_recorder_rounds_go_to_jsonl_and_a_stable_csv(tmp_path):
     rows = list(csv.reader((tmp_path / "rounds.csv").open()))
     assert rows[0] == ["round", "bytes-up", "client-eval/acc/mnist", "client-train/loss", "wall_s"]
     assert rows[1:] == [["1", "100", "", "2.0", "1.5"], ["2", "100", "0.75", "", ""]]
+
+
+def test_the_csv_view_is_rewritten_at_most_once_a_second_and_whole_at_the_end(tmp_path, monkeypatch):
+    """rounds.jsonl gets every round at once; rounds.csv (rebuilt whole each time) only when
+    CSV_EVERY_S has passed since it was last written, and complete when the run finishes."""
+    clock = [100.0]
+    monkeypatch.setattr(rio.time, "monotonic", lambda: clock[0])
+    rec = RunRecorder(tmp_path, {"seed": 0}, "abc")
+    for r in (1, 2, 3):
+        rec.round({"round": r, "acc": r / 10})
+        clock[0] += 0.4
+    assert len(read_jsonl(tmp_path / "rounds.jsonl")) == 3
+    assert [row[0] for row in csv.reader((tmp_path / "rounds.csv").open())] == ["round", "1"]
+    rec.round({"round": 4, "acc": 0.4})                       # 1.2 s after the first write
+    assert [row[0] for row in csv.reader((tmp_path / "rounds.csv").open())] == ["round", "1", "2", "3", "4"]
+    rec.round({"round": 5, "acc": 0.5})
+    rec.finish(_summary())
+    assert [row[0] for row in csv.reader((tmp_path / "rounds.csv").open())] == ["round", "1", "2", "3", "4", "5"]
 
 
 def test_recorder_round_needs_an_integer_round(tmp_path):
