@@ -184,6 +184,8 @@ class FederationConfig:
                                        # (coordinate-wise, unweighted)
     trim_fraction: float = 0.1         # trimmed-mean: share cut from each end per coordinate, in [0, 0.5)
     checkpoint_every: int = 1          # with `out`: checkpoint server state every k rounds for --resume (0 = off)
+    checkpoint_min_s: float = 5.0      # ... but at most once per this many seconds (the first one always; 0 = every
+                                       # k rounds): a checkpoint costs a few fsyncs, as much as a round of tiny clients
     wire: str = "fedmoe"               # message layout: fedmoe (ours, many logical clients per message) or flower
                                        # (Flower's standard arrays/config/metrics: one client per node, placement
                                        # partition, fedavg only; for ClientApps written for Flower's strategies)
@@ -217,6 +219,8 @@ class FederationConfig:
             _fail("federation.trim_fraction", self.trim_fraction, "in [0, 0.5)")
         if self.checkpoint_every < 0:
             _fail("federation.checkpoint_every", self.checkpoint_every, ">= 0 (0 = no checkpoints)")
+        if not (math.isfinite(self.checkpoint_min_s) and self.checkpoint_min_s >= 0):
+            _fail("federation.checkpoint_min_s", self.checkpoint_min_s, "a finite number of seconds >= 0")
         if self.wire not in WIRES:
             _fail("federation.wire", self.wire, f"one of {', '.join(WIRES)}")
         if self.wire == "flower" and self.placement != "partition":
@@ -424,7 +428,7 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fed
                                                 "pfedsim": ("pfedsim",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
 NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib", "simulation.ray_address",
-                "federation.checkpoint_every", "faults.slow_s", "resume", "log")
+                "federation.checkpoint_every", "federation.checkpoint_min_s", "faults.slow_s", "resume", "log")
 LOGGERS = ("", "tensorboard")          # `log`: "" = only the run directory's own records
 
 

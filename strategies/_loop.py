@@ -108,6 +108,7 @@ def run_server(grid: Grid, cfg: RunConfig, method,
                            resume_after=first_round - 1 if saved is not None else None) if cfg.out else None
     fed.connect(grid)
     run_progress = progress(rounds, first_round) if progress is not None else None
+    last_checkpoint: float | None = None    # when this process last wrote one (None: not yet)
 
     def exchange(outbox: wire.Outbox, server_round: int) -> wire.Unpacked:
         replies = push_pull(grid, fed.messages(server_round, outbox), timeout, run_progress, server_round,
@@ -135,9 +136,9 @@ def run_server(grid: Grid, cfg: RunConfig, method,
             row.update(strategy.finish(server_round, step))
         _record(recorder, fed, row, t_start)
         last = row
-        if recorder is not None and server_round < rounds and cfg.federation.checkpoint_every and \
-                server_round % cfg.federation.checkpoint_every == 0:
+        if recorder is not None and server_round < rounds and checkpoint_due(cfg, server_round, last_checkpoint):
             save_checkpoint(cfg, server_round, fed, strategy, row, time.monotonic() - t_start, recorder)
+            last_checkpoint = time.monotonic()
         acc = row.get("acc-mean")
         if run_progress is not None:
             run_progress.round_done(server_round, len(fed.train_cohort(server_round)),
@@ -165,6 +166,15 @@ def resume_point(cfg: RunConfig) -> dict | None:
         raise checkpoint.CheckpointError(f"{cfg.out}/{CHECKPOINT} is from round {saved['round']}, outside "
                                          f"1..{cfg.federation.rounds - 1}")
     return saved
+
+
+def checkpoint_due(cfg: RunConfig, server_round: int, last: float | None) -> bool:
+    """Every `checkpoint_every` rounds, but not within `checkpoint_min_s` seconds of the last one
+    this process wrote (its first is always written): a killed run then redoes at most that much."""
+    fed = cfg.federation
+    if not fed.checkpoint_every or server_round % fed.checkpoint_every:
+        return False
+    return last is None or time.monotonic() - last >= fed.checkpoint_min_s
 
 
 def save_checkpoint(cfg: RunConfig, server_round: int, fed: Federation, strategy, row: dict, wall_s: float,

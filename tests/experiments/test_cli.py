@@ -34,6 +34,7 @@ from experiments.cli import main
         (["run", "--set", "federation.aggregate=max"], "federation.aggregate must be one of mean, median, trimmed-mean"),
         (["run", "--set", "federation.norm_bound=0.5"], "federation.norm_bound must be > 1"),
         (["run", "--set", "federation.trim_fraction=0.5"], "federation.trim_fraction must be in [0, 0.5)"),
+        (["run", "--set", "federation.checkpoint_min_s=-1"], "federation.checkpoint_min_s must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys):

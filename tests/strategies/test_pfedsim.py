@@ -119,7 +119,8 @@ def test_a_run_killed_after_warm_up_resumes_to_the_uninterrupted_numbers(tmp_pat
     from tests.strategies.test_resume import Killed, _rows, _stopping, _summary
 
     values = {"federation.num_clients": 6, "federation.rounds": 5, "federation.fraction_train": 0.5,
-              "pfedsim.warmup": 0.4}                  # warm-up rounds 1-2; killed in round 4, resumed after 3
+              "pfedsim.warmup": 0.4,                  # warm-up rounds 1-2; killed in round 4, resumed after 3
+              "federation.checkpoint_min_s": 0.0}     # (a checkpoint every round)
     cfg = _cfg(tmp_path, **values, out=str(tmp_path / "whole"))
     run_inprocess([cfg], InProcessGrid(2))
     cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))

@@ -17,7 +17,8 @@ from fedmoe_sim.aggregation.fedmoe_da import NeighbourPlan
 from fedmoe_sim.checkpoint import CHECKPOINT, CheckpointError
 
 SMALL = {"federation.num_clients": 6, "federation.rounds": 4, "data.samples_per_client": 20,
-         "model.pretrain_steps": 200, "train.local_epochs": 1, "federation.fraction_train": 0.5}
+         "model.pretrain_steps": 200, "train.local_epochs": 1, "federation.fraction_train": 0.5,
+         "federation.checkpoint_min_s": 0.0}     # a checkpoint every round, however short: the cut is at round 2
 MM = {"metamoe.candidates": 80, "metamoe.proxies": 20, "metamoe.relevance_epochs": 5, "metamoe.finetune_epochs": 1}
 CASES = {   # one per kind of server state: a global part, client state only, per-domain experts,
             # gate + plans + per-client experts, a shared part of heterogeneous models, a server-trained head
@@ -85,6 +86,22 @@ def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_numbers(name, tmp_p
     assert (tmp_path / "cut" / "ledger.csv").read_text() == (tmp_path / "whole" / "ledger.csv").read_text()
     recorded = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert recorded["resumed"][0]["after_round"] == 2
+
+
+def test_checkpoints_are_written_every_k_rounds_but_at_most_once_per_min_s(monkeypatch):
+    from strategies import _loop
+
+    clock = [50.0]
+    monkeypatch.setattr(_loop.time, "monotonic", lambda: clock[0])
+    cfg = build_config("digits-domains", {"federation.checkpoint_every": 2, "federation.checkpoint_min_s": 5.0})
+    assert not _loop.checkpoint_due(cfg, 1, None) and _loop.checkpoint_due(cfg, 2, None)   # the first due: always
+    assert not _loop.checkpoint_due(cfg, 4, 47.0)          # 3 s after the last one
+    assert not _loop.checkpoint_due(cfg, 5, 40.0)          # not a multiple of 2
+    assert _loop.checkpoint_due(cfg, 6, 45.0)              # 5 s after
+    off = build_config("digits-domains", {"federation.checkpoint_every": 0})
+    assert not _loop.checkpoint_due(off, 2, None)
+    every = build_config("digits-domains", {"federation.checkpoint_min_s": 0.0})
+    assert all(_loop.checkpoint_due(every, r, 50.0) for r in (1, 2, 3))
 
 
 def test_resume_without_a_checkpoint_starts_from_the_first_round(tmp_path):
