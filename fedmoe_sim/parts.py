@@ -45,6 +45,18 @@ class PartSpec:
 
     def check(self, state: State) -> str | None:
         """Why `state` is not a valid instance of this part, or None if it is."""
+        why = self.check_layout(state)
+        if why is not None:
+            return why
+        for k in self.arrays:
+            a = state[k]
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                return f"{k} has non-finite values"
+        return None
+
+    def check_layout(self, state: State) -> str | None:
+        """`check` without the finite-values test: names, shapes, dtypes (what every row of a
+        packed reply shares, so it is checked once per pack)."""
         if state.keys() != self.arrays.keys():
             missing, extra = sorted(set(self.arrays) - set(state)), sorted(set(state) - set(self.arrays))
             return f"keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
@@ -55,20 +67,19 @@ class PartSpec:
                 return f"{k} has shape {tuple(a.shape)}, expected {spec.shape}"
             if a.dtype != self._dtypes[k]:
                 return f"{k} has dtype {a.dtype}, expected {spec.dtype}"
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                return f"{k} has non-finite values"
         return None
 
 
-def check_parts(parts: Parts, expect: Mapping[str, PartSpec]) -> str | None:
-    """Why `parts` is not exactly the expected set of valid parts, or None."""
+def check_parts(parts: Parts, expect: Mapping[str, PartSpec], checked: set[str] | frozenset = frozenset()) -> str | None:
+    """Why `parts` is not exactly the expected set of valid parts, or None; `checked` names
+    parts already checked against their spec (rows of a packed reply)."""
     unknown = sorted(set(parts) - set(expect))
     if unknown:
         return f"unexpected part {unknown[0]!r} (expected: {', '.join(sorted(expect)) or 'none'})"
     for name, spec in expect.items():
         if name not in parts:
             return f"missing part {name!r}"
-        why = spec.check(parts[name])
+        why = None if name in checked else spec.check(parts[name])
         if why is not None:
             return f"part {name!r}: {why}"
     return None

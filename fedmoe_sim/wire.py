@@ -316,17 +316,20 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
         content = msg.content
         # Flower rebuilds these typed views on every property access: take them once per reply
         metric_records, array_records, config_records = content.metric_records, content.array_records, content.config_records
-        got, metrics_of, clash = _reply_contents(metric_records, array_records, config_records)
+        got, metrics_of, clash = _reply_contents(metric_records, array_records, config_records, expect)
         errors = {cid: rec for name, rec in config_records.items()
                   if name.startswith(ERROR_PREFIX) and (cid := _client_id(name[len(ERROR_PREFIX):])) is not None}
         for cid in sorted(set(got) | set(errors) | set(metrics_of) | set(clash)):
             decoded: Parts = {}
+            checked: set[str] = set()
             reason = clash.get(cid)
-            for part, (state, nbytes, why) in got.get(cid, {}).items():
+            for part, (state, nbytes, why, done) in got.get(cid, {}).items():
                 out.uploaded[(cid, part)] = out.uploaded.get((cid, part), 0) + nbytes
-                reason = reason or why
+                reason = reason or (f"part {part!r}: {why}" if done and why else why)
                 if state is not None:
                     decoded[part] = state
+                if done:
+                    checked.add(part)
             if cid not in asked:
                 reason = "client was not asked in this phase"
             elif asked_of is not None and cid not in asked_of.get(msg.metadata.src_node_id, set()):
@@ -345,7 +348,7 @@ def read_replies(replies: Iterable[Message], expect: Mapping[str, PartSpec], ask
             if reason is None:
                 metrics, reason = _metrics(metrics_of[cid])
             if reason is None:
-                reason = check_parts(decoded, expect)
+                reason = check_parts(decoded, expect, checked)
             if reason is not None:
                 out.rejected[cid] = reason
                 continue
@@ -379,10 +382,12 @@ def _decode(record: ArrayRecord) -> tuple[State | None, str | None]:
         return None, f"undecodable arrays ({exc})"
 
 
-Decoded = tuple[State | None, int, str | None]   # a client's part (None: undecodable), its bytes, why not
+# a client's part (None: undecodable), its bytes, why it is not valid, and whether it was already checked
+# against its spec (a pack's rows are checked together)
+Decoded = tuple[State | None, int, str | None, bool]
 
 
-def _reply_contents(metric_records, array_records, config_records
+def _reply_contents(metric_records, array_records, config_records, expect: Mapping[str, PartSpec] | None = None
                     ) -> tuple[dict[int, dict[str, Decoded]], dict[int, Mapping], dict[int, str]]:
     """Per client: its decoded parts, its metrics, and why the reply itself is malformed for it
     (a pack whose rows or lists do not match its clients, a part or metrics sent twice)."""
@@ -406,7 +411,7 @@ def _reply_contents(metric_records, array_records, config_records
         if name.startswith(PACK_PREFIX) and name in packs:
             part = name[len(PACK_PREFIX):].partition("/")[2]
             ids = packs[name]
-            for cid, item in zip(ids, _unpack(record, len(ids)), strict=True):
+            for cid, item in zip(ids, _unpack(record, len(ids), (expect or {}).get(part)), strict=True):
                 put(cid, part, item)
             continue
         cid_text, _, part = name[len(UP_PREFIX):].partition("/") if name.startswith(UP_PREFIX) else ("", "", "")
@@ -416,7 +421,7 @@ def _reply_contents(metric_records, array_records, config_records
             continue
         state, why = _decode(record)
         put(cid, part, (state, state_nbytes(state) if state is not None else sum(len(a.data) for a in record.values()),
-                        why))
+                        why, False))
     for name, record in metric_records.items():
         if name.startswith(MPACK_PREFIX) and name in packs:
             ids = packs[name]
@@ -436,19 +441,31 @@ def unpack_reply(content: RecordDict) -> tuple[dict[int, Parts], dict[int, dict[
     """What a reply carries per client, packed or not: its decodable parts and its metrics,
     unchecked (to look at a reply; the server reads replies with `read_replies`)."""
     got, metrics_of, _ = _reply_contents(content.metric_records, content.array_records, content.config_records)
-    parts = {cid: {p: state for p, (state, _, _) in items.items() if state is not None} for cid, items in got.items()}
+    parts = {cid: {p: item[0] for p, item in items.items() if item[0] is not None} for cid, items in got.items()}
     return parts, {cid: dict(m) for cid, m in metrics_of.items()}
 
 
-def _unpack(record: ArrayRecord, n: int) -> list[Decoded]:
-    """A pack's rows, one per client (views into one decoded copy), each with its bytes."""
+def _unpack(record: ArrayRecord, n: int, spec: PartSpec | None = None) -> list[Decoded]:
+    """A pack's rows, one per client (views into one decoded copy), each with its bytes; with the
+    part's spec, checked here for all rows at once (layout once, finite values per row)."""
     state, why = _decode(record)
     if state is not None and any(a.ndim == 0 or a.shape[0] != n for a in state.values()):
         state, why = None, f"pack arrays do not have one row per client ({n})"
     if state is None:
-        return [(None, sum(len(a.data) for a in record.values()) // max(n, 1), why)] * n
+        return [(None, sum(len(a.data) for a in record.values()) // max(n, 1), why, False)] * n
     nbytes = state_nbytes(state) // n
-    return [({k: a[i] for k, a in state.items()}, nbytes, None) for i in range(n)]
+    rows = [{k: a[i] for k, a in state.items()} for i in range(n)]
+    if spec is None or n == 0:
+        return [(row, nbytes, None, False) for row in rows]
+    layout = spec.check_layout(rows[0])
+    if layout is not None:
+        return [(row, nbytes, layout, True) for row in rows]
+    bad: list[str | None] = [None] * n
+    for k, a in state.items():
+        if a.dtype.kind == "f":
+            for i in np.flatnonzero(~np.isfinite(a.reshape(n, -1)).all(axis=1)).tolist():
+                bad[i] = bad[i] or f"{k} has non-finite values"
+    return [(row, nbytes, bad[i], True) for i, row in enumerate(rows)]
 
 
 def read_node_info(msg: Message) -> tuple[int, int]:

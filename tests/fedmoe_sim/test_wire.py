@@ -113,6 +113,20 @@ def test_clients_sharing_a_layout_travel_packed_and_read_back_as_sent():
     assert wire.clients_in(Message(content, 1, MessageType.TRAIN)) == 6
 
 
+def test_a_pack_is_checked_against_the_spec_once_and_its_rows_for_finite_values():
+    """Three clients of one layout travel packed: the one whose row holds a NaN is rejected and
+    the other two kept; a pack whose shared layout is wrong rejects every row."""
+    nan = _state()
+    nan["b"] = np.array([0.0, np.nan, 0.0], np.float32)
+    got = wire.read_replies([_reply([_result(0), _result(1, nan), _result(2)])], EXPECT, asked={0, 1, 2})
+    assert [r.client_id for r in got.results] == [0, 2] and got.rejected == {1: "part 'expert': b has non-finite values"}
+    wide = [_result(c, {"a": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}) for c in (0, 1, 2)]
+    content = wire.make_reply(wide)
+    assert "pack/0/expert" in content.array_records
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0, 1, 2})
+    assert got.results == [] and all("a has shape (2, 3), expected (2, 2)" in got.rejected[c] for c in (0, 1, 2))
+
+
 def test_a_malformed_pack_rejects_its_clients_and_no_other():
     """Rows that do not match the pack's clients, a metrics list of the wrong length, or a part
     sent both packed and on its own: those clients are rejected, the reply's others are kept."""
