@@ -121,8 +121,8 @@ def from_server(task: wire.Task, part: str) -> StartFn:
 
 
 def with_server_part(ws: Workspace, task: wire.Task, store: ClientStateStore, part: str) -> StartFn:
-    """Start = the client's stored state (its family's initial state before its first
-    training) with `part` replaced by the server's copy when the task carries one."""
+    """Start = the client's stored state (its `initial_state` before its first training)
+    with `part` replaced by the server's copy when the task carries one."""
     own = own_state(store, task)
 
     def start(cid: int) -> wire.State | None:
@@ -130,5 +130,5 @@ def with_server_part(ws: Workspace, task: wire.Task, store: ClientStateStore, pa
         shared = task.part(cid, part)
         if shared is None:
             return state
-        return {**(state if state is not None else ws.initial_expert(ws.family_of(cid))), **shared}
+        return {**(state if state is not None else ws.initial_state(cid)), **shared}
     return start

@@ -94,7 +94,8 @@ EXPERIMENTS: dict[str, Experiment] = {
             "data.alpha=0.1 (or 0.5); federation.num_clients=50 federation.fraction_train=0.2; "
             "federation.num_clients=100 federation.fraction_train=0.1 (the pool holds 2,000 images: about 32 "
             "training images per client at N = 50, 16 at N = 100; raise federation.rounds so that each "
-            "client trains several times); CIFAR-10 with data.benchmark=torchvision data.name=cifar10 data.root=DIR "
+            "client trains several times; Dirichlet(0.1) at N = 100 cannot be cut from 2,000 images: add "
+            "data.digits_pool=all-but-test, 6,000 images); CIFAR-10 with data.benchmark=torchvision data.name=cifar10 data.root=DIR "
             "data.samples_per_client=0 (CIFAR-100: data.name=cifar100 data.classes_per_client=10)",
             {"data.benchmark": "digits-domains", "data.partitioner": "pathological", "data.classes_per_client": 2,
              "model.backbone": "cnn-5", "federation.num_clients": 10, "federation.fraction_train": 1.0,

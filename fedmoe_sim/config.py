@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 BENCHMARKS = ("digits-domains", "text-domains", "torchvision", "imagefolder", "hf")
 PARTITIONERS = ("by-domain", "iid", "dirichlet", "pathological")
+DIGITS_POOLS = ("private", "all-but-test")   # data.digits_pool (fedmoe_sim.data.digits)
 PLACEMENTS = ("shard", "partition")
 WIRES = ("fedmoe", "flower")
 AGGREGATES = ("mean", "median", "trimmed-mean")
@@ -60,6 +61,8 @@ class DataConfig:
     alpha: float = 0.5                 # Dirichlet concentration (dirichlet partitioner)
     classes_per_client: int = 2        # classes per client (pathological partitioner)
     samples_per_client: int = 60       # private training examples per client, 0 = all of the share (ours, DESIGN: 60)
+    digits_pool: str = "private"       # digits-domains: base images per domain's train pool, "private" (500) or
+                                       # "all-but-test" (1,500: also the mixer's pretraining and the public shares)
     test_fraction: float = 0.2         # share of a client's partition held out as its own test split
     root: str = ""                     # dataset root for torchvision / imagefolder / hf-from-disk
     name: str = ""                     # torchvision class name or HF dataset name / path
@@ -78,6 +81,10 @@ class DataConfig:
             _fail("data.samples_per_client", self.samples_per_client, ">= 0")
         if not 0 < self.test_fraction < 1:
             _fail("data.test_fraction", self.test_fraction, "in (0, 1)")
+        if self.digits_pool not in DIGITS_POOLS:
+            _fail("data.digits_pool", self.digits_pool, f"one of {', '.join(DIGITS_POOLS)}")
+        if self.digits_pool != "private" and self.benchmark != "digits-domains":
+            _fail("data.digits_pool", self.digits_pool, f"'private' with data.benchmark={self.benchmark}")
 
     @property
     def domain_list(self) -> tuple[str, ...]:
@@ -177,6 +184,7 @@ class FederationConfig:
     state_dir: str = ""                # where clients keep state between rounds; must be reachable by every node that
                                        # may handle a client ("" = the system temp dir: one machine; see docs/protocol.md)
     norm_bound: float = 10.0           # reject an upload whose update norm is above this x the round's median
+                                       # and above the norm of the part it was sent (ours; aggregation.robust)
                                        # for that part (0 = off); needs 3+ uploads of the part to judge
     max_examples_ratio: float = 100.0  # reject a num-examples above this x the round's median (0 = off): one
                                        # client must not dominate a weighted average by claiming a huge count
@@ -420,6 +428,7 @@ ADDED_KEYS_OFF: dict[str, Any] = {"metamoe.late_domains": "", "model.families": 
                                   "federation.norm_bound": 10.0, "federation.max_examples_ratio": 100.0,
                                   "federation.wire": "fedmoe", "federation.min_replies": 1.0,
                                   "federation.straggler_timeout": 30.0, "model.train_head": False,
+                                  "data.digits_pool": "private",
                                   **{f"faults.{k}": 0.0 for k in FAULT_KINDS}, "log": ""}
 # Config sections of methods added after results were recorded: section -> the strategies that
 # read it. Runs of other strategies leave the section out of `identity_hash`, so adding a method

@@ -121,8 +121,44 @@ class Workspace:
         self.load(None, family)
         return self.models[family or self.families[0]].expert_state()
 
+    def initial_state(self, cid: int) -> State:
+        """Client `cid`'s state before it has trained: its family's `initial_expert`, with the
+        parts its model keeps private (`model.private_parts`: pFedMoE's gate, local expert and
+        head; a CNN's extractor and head) redrawn from the run seed and the client id alone.
+
+        Why: in a deployment each client initialises what it never shares itself, so one draw
+        must not decide every client's start (pFedMoE: one shared initial gate sent every client
+        to the same expert). Parts outside `private_parts` (pFedMoE's global expert) keep the
+        common draw the server also starts from. The seed names neither node nor batch, so
+        placement and vectorisation do not change it.
+        """
+        return self._initial_states([cid])[0]
+
+    def _initial_states(self, cids: list[int]) -> list[State]:
+        """`initial_state` of clients of one family, its common draw made once."""
+        family = self.family_of(cids[0])
+        common = self.initial_expert(family)
+        model = self.models[family]
+        if not model.private_parts:
+            return [common] * len(cids)
+        return [self._own_draw(model, common, cid) for cid in cids]
+
+    def _own_draw(self, model: ExpertModel, common: State, cid: int) -> State:
+        model.reset_expert(derive_seed(self.cfg.seed, "client-init", cid))
+        own = model.split_parts(model.expert_state(), model.private_parts)
+        return {**common, **{k: v for part in own.values() for k, v in part.items()}}
+
+    def _with_initial(self, cids: list[int], states: list[State | None]) -> list[State]:
+        """`states` with each None replaced by that client's `initial_state` (one family)."""
+        missing = [i for i, s in enumerate(states) if s is None]
+        if not missing:
+            return list(states)
+        fresh = dict(zip(missing, self._initial_states([cids[i] for i in missing]), strict=True))
+        return [fresh.get(i, s) for i, s in enumerate(states)]
+
     def load(self, state: State | None, family: str | None = None) -> ExpertModel:
-        """Put `state` (None = the initial state) into `family`'s one model, in place; return that model."""
+        """Put `state` (None = the run's common initial draw, `initial_expert`) into `family`'s one
+        model, in place; return that model."""
         model = self.models[family or self.families[0]]
         if state is None:
             model.reset_expert(derive_seed(self.cfg.seed, "expert-init"))
@@ -131,9 +167,9 @@ class Workspace:
         return model
 
     def train_client(self, cid: int, server_round: int, start: State | None, data=None) -> tuple[State, TrainStats, int]:
-        """Train client `cid` from `start` (None = the initial state) on `data` (default: its
+        """Train client `cid` from `start` (None = its `initial_state`) on `data` (default: its
         private train split); returns (state, stats, examples)."""
-        model = self.load(start, self.family_of(cid))
+        model = self.load(start if start is not None else self.initial_state(cid), self.family_of(cid))
         x, y = data if data is not None else self.train_data(cid)
         stats = train_local(model, x, y, self.cfg.train, seed=derive_seed(self.cfg.seed, server_round, cid))
         return model.expert_state(), stats, int(y.shape[0])
@@ -158,10 +194,8 @@ class Workspace:
                 for i in members:
                     out[i] = self.train_client(cids[i], server_round, starts[i], datas[i])
                 continue
-            initial = None
-            if any(starts[i] is None for i in members):
-                initial = self.initial_expert(family)
-            trained = train_many(model, [starts[i] if starts[i] is not None else initial for i in members], pools,
+            firsts = self._with_initial([cids[i] for i in members], [starts[i] for i in members])
+            trained = train_many(model, firsts, pools,
                                  self.cfg.train, [derive_seed(self.cfg.seed, server_round, cids[i]) for i in members],
                                  max_bytes=self.cfg.simulation.vectorise_mib << 20)
             for i, pool, (state, stats) in zip(members, pools, trained, strict=True):
@@ -170,7 +204,7 @@ class Workspace:
 
     def evaluate_client(self, cid: int, state: State | None) -> EvalStats:
         family = self.family_of(cid)
-        model = self.load(state, family)
+        model = self.load(state if state is not None else self.initial_state(cid), family)
         x, y = self.test_data(cid)
         loss, acc_own = evaluate(model, x, y)
         domain = self.splits[cid].domain
@@ -197,8 +231,7 @@ class Workspace:
                 for i in members:
                     out[i] = self.evaluate_client(cids[i], states[i])
                 continue
-            initial = self.initial_expert(family) if any(states[i] is None for i in members) else None
-            mine = [states[i] if states[i] is not None else initial for i in members]
+            mine = self._with_initial([cids[i] for i in members], [states[i] for i in members])
             own = evaluate_many(model, mine, [self.test_data(cids[i]) for i in members], max_bytes=budget)
             domains = [self.splits[cids[i]].domain for i in members]
             with_domain = [j for j, d in enumerate(domains) if d >= 0]

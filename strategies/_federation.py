@@ -18,7 +18,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmoe_sim import faults, interop, wire
-from fedmoe_sim.aggregation.robust import outliers_above, update_norm
+from fedmoe_sim.aggregation.robust import outliers_above, update_floors, update_norm
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.metrics import summarise_evaluation, summarise_training
 from fedmoe_sim.sampling import client_schedule, shard
@@ -166,7 +166,8 @@ class Federation:
     def screen(self, got: wire.Unpacked, outbox: wire.Outbox) -> None:
         """Reject, beside the malformed, the outliers every method must not average: a
         num-examples far above the round's median, and a part whose update (from what this
-        client was sent, else from zero) is far longer than the round's median update."""
+        client was sent, else from zero) is far longer than the round's median update and
+        longer than the part it was sent (`update_floors`), or is not finite."""
         fed = self.cfg.federation
         bad: dict[int, str] = {}
         counts = [r.metrics[wire.NUM_EXAMPLES] for r in got.results]
@@ -175,10 +176,15 @@ class Federation:
                                              f"the round's median ({float(np.median(counts)):g})")
         for part in sorted(outbox.expect):
             holders = [r for r in got.results if part in r.parts]
-            norms = [update_norm(r.parts[part], outbox.parts_of(r.client_id).get(part)) for r in holders]
-            for i in outliers_above(norms, fed.norm_bound):
-                bad.setdefault(holders[i].client_id, f"{part} update norm {norms[i]:.3g} is above {fed.norm_bound:g}x "
-                                                     f"the round's median ({float(np.median(norms)):.3g})")
+            sent = [outbox.parts_of(r.client_id).get(part) for r in holders]
+            norms = [update_norm(r.parts[part], s) for r, s in zip(holders, sent, strict=True)]
+            floors = update_floors(sent)
+            median = float(np.median([n for n in norms if np.isfinite(n)] or [0.0]))
+            for i in outliers_above(norms, fed.norm_bound, floors):
+                bad.setdefault(holders[i].client_id, f"{part} update norm is not finite ({norms[i]})"
+                               if not np.isfinite(norms[i]) else
+                               f"{part} update norm {norms[i]:.3g} is above {fed.norm_bound:g}x the round's median "
+                               f"({median:.3g}) and above the norm of the part it was sent ({floors[i]:.3g})")
         for cid, reason in sorted(bad.items()):
             log.warning("rejected update of client %d: %s", cid, reason)
         got.rejected.update(bad)

@@ -9,9 +9,9 @@ glue calls these once (`strategies._federation.Federation.screen`,
 - `coordinate_median` / `trimmed_mean` (Yin et al. 2018): per coordinate, the
   median, or the mean after cutting a share from each end. Both ignore example
   counts on purpose: a weight is exactly what a hostile client would inflate.
-- `outliers_above`: indices whose value exceeds `bound` x the median of all, the
-  test behind the norm bound and the num-examples cap. A median needs 3 values to
-  out-vote one bad one, so fewer never flags anything.
+- `outliers_above`: indices whose value exceeds `bound` x the median of all (and its
+  own floor, where given), the test behind the norm bound and the num-examples cap. A
+  median needs 3 values to out-vote one bad one, so fewer never flags a finite value.
 """
 
 from __future__ import annotations
@@ -76,12 +76,42 @@ def update_norm(state: State, reference: State | None = None) -> float:
     return float(np.sqrt(total))
 
 
-def outliers_above(values: list[float], bound: float) -> list[int]:
-    """Indices of values above `bound` x the median (none for bound 0, fewer than
-    MIN_TO_JUDGE values, or a zero median)."""
-    if bound <= 0 or len(values) < MIN_TO_JUDGE:
+def update_floors(sent: list[State | None]) -> list[float]:
+    """Per upload, the update norm below which it is never an outlier: the norm of the part
+    the client was sent (0 where nothing was sent: the update is then the state itself, and
+    only the median judges it).
+
+    Why that scale: one round of honest local training moves a large part by a fraction of its
+    own length (on pfedmoe-digits, N = 10: pFedMoE's global expert at most 8%, whatever its
+    client's gate weight; FedAvg's whole CNN-5 at most 13%), while a broken or hostile upload
+    that matters (scaled by 1e6, or built from scratch) moves it by more than its length. So an
+    honest client whose gate keeps it on a part most others ignore is kept. A floor only ever
+    keeps: a small part that honest rounds move further (LG-FedAvg's head: up to 1.08x its norm)
+    is judged by the median alone, as before, and its updates share one scale.
+    """
+    return [update_norm(s) if s is not None else 0.0 for s in sent]
+
+
+def outliers_above(values: list[float], bound: float, floors: list[float] | None = None) -> list[int]:
+    """Indices of values above `bound` x the median of the finite values and above their own
+    floor (`floors[i]`, default 0), and of every non-finite value (a NaN must not hide in the
+    median). None for bound 0; only the non-finite with fewer than MIN_TO_JUDGE values. A zero
+    median gives no scale to judge by: then only a positive floor does.
+
+    Why floors: a median says what a round's typical value is only when the values share one
+    scale. A gated part (pFedMoE's global expert, whose update each client scales by its gate
+    weight) does not: when most gates ignore it, the median is near zero and honest clients
+    that still use it look like outliers. A floor tied to the value's own scale keeps them in.
+    """
+    if bound <= 0:
         return []
-    median = float(np.median(values))
-    if not median > 0:
-        return []
-    return [i for i, v in enumerate(values) if v > bound * median]
+    if floors is not None and len(floors) != len(values):
+        raise ValueError(f"outliers_above got {len(values)} values but {len(floors)} floors")
+    finite = [float(v) for v in values if np.isfinite(v)]
+    broken = [i for i, v in enumerate(values) if not np.isfinite(v)]
+    if len(values) < MIN_TO_JUDGE:
+        return broken
+    median = float(np.median(finite)) if finite else 0.0
+    floors = floors if floors is not None else [0.0] * len(values)
+    return sorted(broken + [i for i, v in enumerate(values) if np.isfinite(v) and (median > 0 or floors[i] > 0)
+                            and v > bound * median and v > floors[i]])

@@ -31,7 +31,7 @@ def load_benchmark(data_cfg: DataConfig, seed: int) -> Benchmark:
     """
     kind = data_cfg.benchmark
     if kind == "digits-domains":
-        return load_digits_domains(data_cfg.domain_list, seed=seed)
+        return load_digits_domains(data_cfg.domain_list, seed=seed, pool=data_cfg.digits_pool)
     if kind == "text-domains":
         return load_text_domains(data_cfg.domain_list, seed=seed)
     if kind == "torchvision":

@@ -132,7 +132,7 @@ def _jitter(x: np.ndarray, tag: str) -> np.ndarray:
     return out
 
 
-def load_digits_domains(domains: tuple[str, ...] = (), seed: int = 0) -> Benchmark:
+def load_digits_domains(domains: tuple[str, ...] = (), seed: int = 0, pool: str = "private") -> Benchmark:
     """Build the digits benchmark (byte-identical for equal `domains`).
 
     `domains` = () means DEFAULT_DOMAINS (rot90, invert, blur, gamma: two strong
@@ -142,13 +142,24 @@ def load_digits_domains(domains: tuple[str, ...] = (), seed: int = 0) -> Benchma
     then PUBLIC_EXTRA_SHIFTS not already chosen) x 2 copies (as is, then a
     +-1 pixel jitter), labelled with digit labels; public_source is the domain
     index, or -1 for the out-of-domain shifts.
+
+    `pool` (data.digits_pool): "private" shifts the private share (500 images) into each
+    domain's train pool; "all-but-test" shifts the private, pretraining and public shares
+    (1,500), for from-scratch methods that need more clients than 2,000 images can feed
+    (Dirichlet(0.1) over 100 clients). Those methods use neither share otherwise; a method
+    on the pretrained mixer would train on shifted copies of its pretraining images. The
+    test share, the backbone's pretraining set and the public pool stay as they are.
     """
     del seed  # the benchmark is seed-independent by design
     names = check_domain_names("digits", tuple(domains) or DEFAULT_DOMAINS, _SHIFTS, ALL_DOMAINS)
     x, y = _raw_digits()
     split = base_split()
+    if pool not in ("private", "all-but-test"):
+        raise ValueError(f"unknown digits pool {pool!r}; one of private, all-but-test")
+    train = split.private if pool == "private" else np.sort(np.concatenate([split.private, split.pretrain,
+                                                                             split.public]))
     built = tuple(
-        Domain(name, apply_shift(name, x[split.private], "train"), y[split.private].copy(),
+        Domain(name, apply_shift(name, x[train], "train"), y[train].copy(),
                apply_shift(name, x[split.test], "test"), y[split.test].copy())
         for name in names
     )

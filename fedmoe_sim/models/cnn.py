@@ -156,6 +156,10 @@ class HeteroCNNModel(ExpertModel):
     parts averaged. Nothing is frozen: `backbone_state()` is empty.
     """
 
+    # each client draws its own start (a shared head arrives from the server before training;
+    # FedAvg starts from the server's whole model, never from a client's draw)
+    private_parts = ("extractor", "head")
+
     def __init__(self, family: int, input_shape: InputShape, num_classes: int, padding: int | None = None,
                  device: str | torch.device = "cpu", seed: int = 0):
         super().__init__(num_classes)

@@ -53,6 +53,9 @@ class ExpertModel(nn.Module):
     """
 
     num_classes: int
+    # parts each client draws from its own seed (`Workspace.initial_state`): ones no client ever
+    # gets from the server before it trains; () = every client starts from the run's one draw
+    private_parts: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int):
         super().__init__()

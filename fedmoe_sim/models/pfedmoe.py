@@ -70,6 +70,8 @@ class PFedMoEModel(ExpertModel):
     `local_expert.*`, `gate.*` and `head.*`. No buffers: `backbone_state()` is empty.
     """
 
+    private_parts = (LOCAL, GATE, HEAD)   # each client's own draw; the global expert starts common
+
     def __init__(self, local_family: int, input_shape: InputShape, num_classes: int,
                  global_family: int = HOMOGENEOUS_FAMILY, gate_hidden: int = DEFAULT_GATE_HIDDEN,
                  padding: int | None = None, device: str | torch.device = "cpu", seed: int = 0):
@@ -110,6 +112,7 @@ class PFedMoEModel(ExpertModel):
 
         Names are drawn in sorted order (gate, global_expert, head, local_expert) and
         the gate's size does not depend on the local family, so clients built from the
-        same seed start with the same global expert whatever their local family.
+        same seed start with the same global expert whatever their local family. In a
+        run, each client's private parts come from its own seed (`Workspace.initial_state`).
         """
         seeded_default_init_(self, self._expert, seed)

@@ -36,6 +36,9 @@ def test_hyphenated_keys_are_accepted():
         ({"federation.num_clientz": 3}, "unknown config key 'federation.num_clientz'"),
         ({"clients": 3}, "unknown config key 'clients'"),
         ({"simulation.gpus_per_worker": 2}, "simulation.gpus_per_worker must be in [0, 1]"),
+        ({"data.digits_pool": "all"}, "data.digits_pool must be one of private, all-but-test (got 'all')"),
+        ({"data.digits_pool": "all-but-test", "data.benchmark": "text-domains"},
+         "data.digits_pool must be 'private' with data.benchmark=text-domains"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_field_and_allowed(layer, fragment):

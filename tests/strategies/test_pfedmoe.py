@@ -77,3 +77,21 @@ def test_every_method_of_the_experiment_gets_its_defining_models_and_passes_its_
     assert families["pfedmoe"] == PFEDMOE_FAMILIES                       # the method's own values win
     assert families["standalone"] == families["lg-fedavg"] == families["fedgh"] == CNN_FAMILIES
     assert families["fedavg-cnn"] == ("cnn-5",)
+
+
+@pytest.mark.parametrize("strategy", ["pfedmoe", "standalone"])
+def test_clients_own_starts_give_one_run_vectorised_or_not_and_wherever_they_train(strategy):
+    """Each client's private parts start from its own seed (`Workspace.initial_state`): the run is
+    the same with clients trained one by one, vectorised per family, or one per node."""
+    from experiments.inprocess import InProcessGrid
+
+    base = {**SMALL, "federation.num_clients": 10, "strategy": strategy}
+    seq = run_inprocess([build_config("pfedmoe-digits", {**base, "simulation.vectorise": False})])[0]
+    vec = run_inprocess([build_config("pfedmoe-digits", {**base, "simulation.vectorise": True})])[0]
+    pinned = run_inprocess([build_config("pfedmoe-digits", {**base, "federation.placement": "partition"})],
+                           InProcessGrid(10, [{"partition-id": i, "num-partitions": 10} for i in range(10)]))[0]
+    own = {name: [row["acc-own"] for row in run.per_client] for name, run in
+           (("seq", seq), ("vec", vec), ("pinned", pinned))}
+    assert own["seq"] == own["vec"] == own["pinned"]
+    for run in (vec, pinned):
+        assert run.final["client-train/loss"] == pytest.approx(seq.final["client-train/loss"], abs=1e-4)

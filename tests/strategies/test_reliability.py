@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType
 from experiments.catalogue import build_config
 from experiments.inprocess import run_inprocess
 from fedmoe_sim import faults, wire
+from fedmoe_sim.aggregation.robust import outliers_above
 from fedmoe_sim.config import FaultsConfig
 from fedmoe_sim.parts import PartSpec
 from strategies._federation import Federation
@@ -67,6 +68,22 @@ def test_an_update_far_longer_than_the_rounds_median_is_rejected():
     assert _screened(clients, sent=1.0, norm_bound=0).rejected == {}
     # judged from the sent part, not from zero: a large but common state is not an outlier
     assert _screened({0: (5, 100.0), 1: (5, 100.1), 2: (5, 99.9)}, sent=100.0).rejected == {}
+
+
+def test_an_honest_gated_round_is_kept_and_scaled_or_non_finite_updates_are_not():
+    """pFedMoE's global expert: a client's update is scaled by its gate weight, so when most gates
+    ignore the part the median update is tiny. Two honest clients still using it moved it by 0.3
+    and 0.4, far above 10x that median but well within the part's own norm (2): kept. An update
+    scaled by 1e6, or a non-finite one, is still rejected."""
+    gated = {0: (5, 1.0001), 1: (5, 0.9999), 2: (5, 1.0002), 3: (5, 1.0001), 4: (5, 1.2), 5: (5, 0.85)}
+    norms = [2 * abs(np.float32(v) - 1) for _, v in gated.values()]
+    assert outliers_above(norms, 10) == [4, 5]           # premise: the median test alone drops both
+    got = _screened(gated, sent=1.0)
+    assert got.rejected == {} and [r.client_id for r in got.results] == list(gated)
+    bad = _screened({**gated, 6: (5, 1e6), 7: (5, float("nan"))}, sent=1.0)
+    assert sorted(bad.rejected) == [6, 7]
+    assert "above the norm of the part it was sent (2)" in bad.rejected[6]
+    assert bad.rejected[7] == "expert update norm is not finite (nan)"
 
 
 # ---------------------------------------------------------------- fault injection ----

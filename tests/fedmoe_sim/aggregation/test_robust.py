@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedmoe_sim.aggregation.robust import (aggregate, coordinate_median, outliers_above, trimmed_mean,
-                                           update_norm)
+                                           update_floors, update_norm)
 
 
 def _s(*values):
@@ -50,3 +50,36 @@ def test_update_norm_measures_from_the_reference_when_it_matches():
 ])
 def test_outliers_are_judged_against_the_median(values, bound, flagged):
     assert outliers_above(values, bound) == flagged
+
+
+# a gated part: most clients' gates ignore it (tiny updates), two still use it, all within its own norm 18.7
+GATED = [0.001, 0.0006, 0.002, 0.001, 0.0008, 0.4, 0.3]
+
+
+@pytest.mark.parametrize("values, floor, flagged", [
+    (GATED, 18.7, []),                          # honest: within the part's own scale
+    (GATED, 0.0, [5, 6]),                       # the median alone calls them outliers
+    (GATED + [1.9e7], 18.7, [7]),               # an upload scaled by 1e6 is still out
+    (GATED + [20.0], 18.7, [7]),                # moved further than the part's own length
+    ([1.0, 1.1, 0.9, 50.0], 18.7, [3]),         # above the median bound and the floor
+    ([1.0, 1.1, 0.9, 15.0], 18.7, []),          # above the median bound, under the floor
+    ([0.0, 0.0, 0.0, 50.0], 18.7, [3]),         # zero median: the floor still judges
+    ([0.0, 0.0, 0.0, 5.0], 0.0, []),            # zero median, no floor: no scale at all
+])
+def test_a_floor_keeps_updates_within_their_parts_own_scale(values, floor, flagged):
+    assert outliers_above(values, 10, [floor] * len(values)) == flagged
+
+
+def test_non_finite_values_are_outliers_even_where_the_median_cannot_judge():
+    nan, inf = float("nan"), float("inf")
+    assert outliers_above([1.0, nan, 1.1, 0.9], 10) == [1]          # the median of the rest is not NaN
+    assert outliers_above([1.0, 1.1, 0.9, inf], 10, [99.0] * 4) == [3]
+    assert outliers_above([1.0, nan], 10) == [1]                       # too few for a median, still out
+    assert outliers_above([nan, nan, nan, 1.0], 10) == [0, 1, 2]
+    assert outliers_above([1.0, nan, 1.1, 0.9], 0) == []                # the screen is off
+    with pytest.raises(ValueError, match="4 values but 3 floors"):
+        outliers_above([1.0, 1.1, 0.9, 5.0], 10, [1.0] * 3)
+
+
+def test_the_floor_is_the_norm_of_what_was_sent():
+    assert update_floors([_s(3.0, 4.0), None, {"w": np.zeros(2, np.float32), "n": np.array([9])}]) == [5.0, 0.0, 0.0]

@@ -131,3 +131,20 @@ def test_clean_model_mixes_strong_and_mild_shifts(bench):
     acc = {d.name: _accuracy(model, d.x_test, d.y_test) for d in bench.domains}
     assert acc["rot90"] < 30.0 and acc["invert"] < 30.0, acc
     assert acc["blur"] > 70.0 and acc["gamma"] > 70.0, acc
+
+
+def test_the_larger_pool_adds_the_pretraining_and_public_shares_and_keeps_the_rest(bench):
+    big = load_digits_domains(pool="all-but-test")
+    split = base_split()
+    assert len(big.domains[0].y_train) == len(split.private) + len(split.pretrain) + len(split.public) == 1500
+    for a, b in zip(bench.domains, big.domains, strict=True):
+        assert a.x_test.tobytes() == b.x_test.tobytes()                 # test share and shifts unchanged
+        _, y = _raw_digits()
+        np.testing.assert_array_equal(np.bincount(b.y_train, minlength=10),
+                                      np.bincount(y[np.concatenate([split.private, split.pretrain, split.public])],
+                                                  minlength=10))
+    assert big.pretrain_x.tobytes() == bench.pretrain_x.tobytes() and big.public_x.tobytes() == bench.public_x.tobytes()
+    default = load_digits_domains(pool="private")
+    assert all(a.x_train.tobytes() == b.x_train.tobytes() for a, b in zip(bench.domains, default.domains, strict=True))
+    with pytest.raises(ValueError, match="unknown digits pool 'all'"):
+        load_digits_domains(pool="all")

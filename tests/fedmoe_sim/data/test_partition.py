@@ -149,3 +149,13 @@ def test_load_benchmark_and_client_splits_follow_the_data_config():
     assert all((s.num_train, len(s.y_test)) == (20, 7) and len(np.unique(s.y_train)) == 1 for s in splits)
     text = load_benchmark(DataConfig(benchmark="text-domains", domains="sports"), seed=2)
     assert text.kind == "text" and text.domain_names == ("sports",)
+
+
+def test_dirichlet_0_1_over_100_clients_needs_the_larger_digits_pool():
+    """The 2,000-image pool cannot feed 100 Dirichlet(0.1) clients; 6,000 (data.digits_pool=all-but-test) can."""
+    big = DataConfig(partitioner="dirichlet", alpha=0.1, digits_pool="all-but-test")
+    with pytest.raises(ValueError, match=r"of 2000 examples over 100 clients left a client under 2"):
+        client_splits(load_benchmark(DataConfig(partitioner="dirichlet", alpha=0.1), 0),
+                      DataConfig(partitioner="dirichlet", alpha=0.1), 100, 0)
+    splits = client_splits(load_benchmark(big, 0), big, 100, 0)
+    assert len(splits) == 100 and min(len(s.y_train) for s in splits) >= 1 and min(len(s.y_test) for s in splits) >= 1
