@@ -18,7 +18,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmoe_sim import faults, interop, wire
-from fedmoe_sim.aggregation.robust import outliers_above, update_floors, update_norm
+from fedmoe_sim.aggregation.robust import outliers_above, update_floors, update_norms
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.metrics import summarise_evaluation, summarise_training
 from fedmoe_sim.sampling import client_schedule, shard
@@ -177,7 +177,7 @@ class Federation:
         for part in sorted(outbox.expect):
             holders = [r for r in got.results if part in r.parts]
             sent = [outbox.parts_of(r.client_id).get(part) for r in holders]
-            norms = [update_norm(r.parts[part], s) for r, s in zip(holders, sent, strict=True)]
+            norms = update_norms([r.parts[part] for r in holders], sent)
             floors = update_floors(sent)
             median = float(np.median([n for n in norms if np.isfinite(n)] or [0.0]))
             for i in outliers_above(norms, fed.norm_bound, floors):

@@ -65,15 +65,30 @@ def aggregate(states: list[State], weights: list[float], rule: str = "mean", tri
 def update_norm(state: State, reference: State | None = None) -> float:
     """L2 norm over all floating arrays of `state - reference` (of `state` when there is no
     reference, or the reference does not match it)."""
-    total = 0.0
-    for k, a in state.items():
-        a = np.asarray(a)
-        if a.dtype.kind not in "fc":
-            continue
-        ref = None if reference is None else reference.get(k)
-        d = a.astype(np.float64) - (ref.astype(np.float64) if ref is not None and ref.shape == a.shape else 0.0)
-        total += float(np.vdot(d, d).real)
-    return float(np.sqrt(total))
+    return update_norms([state], [reference])[0]
+
+
+def update_norms(states: list[State], references: list[State | None]) -> list[float]:
+    """`update_norm` of each state against its reference. A reference many clients share (the
+    one global part a round sent them all) is converted to float64 once, not once per client."""
+    wide: dict[int, dict[str, np.ndarray]] = {}
+    out = []
+    for state, reference in zip(states, references, strict=True):
+        ref64 = None
+        if reference is not None:
+            ref64 = wide.get(id(reference))
+            if ref64 is None:
+                ref64 = wide[id(reference)] = {k: np.asarray(v).astype(np.float64) for k, v in reference.items()}
+        total = 0.0
+        for k, a in state.items():
+            a = np.asarray(a)
+            if a.dtype.kind not in "fc":
+                continue
+            ref = None if ref64 is None else ref64.get(k)
+            d = a.astype(np.float64) - (ref if ref is not None and ref.shape == a.shape else 0.0)
+            total += float(np.vdot(d, d).real)
+        out.append(float(np.sqrt(total)))
+    return out
 
 
 def update_floors(sent: list[State | None]) -> list[float]:
@@ -89,7 +104,11 @@ def update_floors(sent: list[State | None]) -> list[float]:
     keeps: a small part that honest rounds move further (LG-FedAvg's head: up to 1.08x its norm)
     is judged by the median alone, as before, and its updates share one scale.
     """
-    return [update_norm(s) if s is not None else 0.0 for s in sent]
+    norms: dict[int, float] = {}          # one per distinct part sent (FedAvg: one for the round)
+    for s in sent:
+        if s is not None and id(s) not in norms:
+            norms[id(s)] = update_norm(s)
+    return [norms[id(s)] if s is not None else 0.0 for s in sent]
 
 
 def outliers_above(values: list[float], bound: float, floors: list[float] | None = None) -> list[int]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedmoe_sim.aggregation.robust import (aggregate, coordinate_median, outliers_above, trimmed_mean,
-                                           update_floors, update_norm)
+                                           update_floors, update_norm, update_norms)
 
 
 def _s(*values):
@@ -39,6 +39,15 @@ def test_update_norm_measures_from_the_reference_when_it_matches():
     assert update_norm(state) == 5.0                                    # integer arrays are not weights
     assert update_norm(state, {"w": np.array([3.0, 0.0], np.float32)}) == 4.0
     assert update_norm(state, {"w": np.zeros(3, np.float32)}) == 5.0    # shape differs: from zero
+
+
+def test_norms_of_a_round_equal_the_one_by_one_norms_whether_or_not_clients_share_a_reference():
+    rng = np.random.default_rng(3)
+    shared = {"w": rng.normal(size=(4, 5)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
+    own = {"w": rng.normal(size=(4, 5)).astype(np.float32), "b": np.zeros(2, np.float32)}    # b: other shape
+    states = [{k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in shared.items()} for _ in range(5)]
+    refs = [shared, shared, None, own, shared]
+    assert update_norms(states, refs) == [update_norm(s, r) for s, r in zip(states, refs)]
 
 
 @pytest.mark.parametrize("values, bound, flagged", [
