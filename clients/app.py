@@ -10,6 +10,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import flower_native
+from clients._common import state_store
 from experiments.registry import get_method
 from fedmoe_sim import faults, interop, wire
 from fedmoe_sim.workspace import get_workspace, parse_run_config
@@ -25,6 +26,9 @@ def _handle(msg: Message, context: Context, evaluate: bool) -> Message:
     if interop.is_standard_task(msg.content):
         return flower_native.handle(msg, context, evaluate)
     task = wire.read_task(msg.content)
+    if task.phase == wire.RELEASE:          # the run finished: its clients' stored state goes
+        state_store(task, context).remove()
+        return Message(wire.make_reply([]), reply_to=msg)
     cfg = parse_run_config(task.run_config)
     client = get_method(cfg.strategy).client
     phase = wire.EVALUATE if evaluate else task.phase

@@ -72,6 +72,7 @@ ERROR_PREFIX = "error/"      # reply ConfigRecord per logical client that failed
 ERROR_KIND, ERROR_REASON = "kind", "reason"
 MISSING_STATE = "missing-state"   # error kind: the client's persistent state is not where it should be
 TRAIN, EVALUATE = "train", "evaluate"   # phases every method has; EVALUATE goes out as a Flower evaluate message
+RELEASE = "release"          # after a finished run: each node deletes the run's client-state store
 STATE_ROUND = "state-round"  # plan key of stateful methods: the round of the client's last accepted training (0 = none)
 STATE_PIN = "state-pin"      # plan key of stateful methods: that round as of the last checkpoint (a resume needs it)
 STATE_KEY = "state-key"      # task key: names the run's client-state store (kept by a resumed run)
@@ -454,7 +455,7 @@ def _unpack(record: ArrayRecord, n: int, spec: PartSpec | None = None) -> list[D
     if state is None:
         return [(None, sum(len(a.data) for a in record.values()) // max(n, 1), why, False)] * n
     nbytes = state_nbytes(state) // n
-    rows = [{k: a[i] for k, a in state.items()} for i in range(n)]
+    rows = [{k: a[i, ...] for k, a in state.items()} for i in range(n)]    # `...`: a 0-d view, not a scalar
     if spec is None or n == 0:
         return [(row, nbytes, None, False) for row in rows]
     layout = spec.check_layout(rows[0])

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -324,6 +325,11 @@ class ClientStateStore:
         `base`: a directory every node that may handle the client reaches ("" = system temp)."""
         root = Path(base) if base else Path(tempfile.gettempdir()) / "fedmoe-sim-state"
         return cls(root / f"{run_key}-{config_hash}")
+
+    def remove(self) -> None:
+        """Delete the whole store: the run it belongs to has finished, so no round and no resume
+        will ask for its versions again (a sweep's stores would otherwise fill the disk)."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def _dir(self, cid: int, kind: str) -> Path:
         """One small directory per client and kind: listing its versions never scans the

@@ -106,6 +106,15 @@ class Federation:
                                 wire.STATE_PIN: self.pinned_round.get(cid, 0)})
         return outbox
 
+    def release_messages(self) -> list[Message]:
+        """One message per node after a finished run: drop the run's client-state store (nodes
+        speaking Flower's standard layout keep none of ours and get nothing)."""
+        if self.flower_wire:
+            return []
+        box = wire.Outbox(wire.RELEASE, [])
+        return [Message(wire.make_task(self.run_config, 0, box, [], self.state_key), node, MessageType.TRAIN)
+                for node in self.nodes]
+
     # -- the record -----------------------------------------------------------
     def begin_round(self, server_round: int) -> None:
         self.events = {"round": server_round, "rejected": {}, "missed": {}}

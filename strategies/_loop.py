@@ -35,6 +35,7 @@ from strategies._federation import Federation
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.005  # our own pull interval: Flower's default 0.1 s quantises short rounds
+RELEASE_TIMEOUT_S = 30.0   # at most this long for the nodes to drop a finished run's client state
 
 
 def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress: Progress | None = None,
@@ -148,6 +149,13 @@ def run_server(grid: Grid, cfg: RunConfig, method,
         recorder.ledger(fed.ledger.rows())   # once: rewriting it every round grows with rounds x clients
         recorder.finish(summary)
         (Path(cfg.out) / CHECKPOINT).unlink(missing_ok=True)   # summary.json now marks the run finished
+    release = fed.release_messages()        # finished: no round or resume needs the clients' state again
+    if release:
+        done = [m for m in push_pull(grid, release, min(timeout, RELEASE_TIMEOUT_S)) if not m.has_error()]
+        if len(done) < len(release):
+            log.warning("%d of %d node(s) did not confirm deleting this run's client state (left in their "
+                        "state directory, under %s-%s)", len(release) - len(done), len(release), fed.state_key,
+                        cfg.identity_hash())
     log.info("run finished in %s", format_seconds(summary.wall_s))
     return summary
 

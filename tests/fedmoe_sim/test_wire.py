@@ -106,6 +106,7 @@ def test_clients_sharing_a_layout_travel_packed_and_read_back_as_sent():
     got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked={0, 1, 3, 4, 7, 9})
     assert [r.client_id for r in got.results] == [0, 1, 3, 4, 7] and "shape" in got.rejected[9]
     for r in got.results:
+        assert all(isinstance(a, np.ndarray) for a in r.part("expert").values())
         np.testing.assert_array_equal(r.part("expert")["a"], _state(float(r.client_id))["a"])
         np.testing.assert_array_equal(r.part("expert")["b"], _state(float(r.client_id))["b"])
         assert r.metrics == {"num-examples": 1.0, "train-loss": pytest.approx(r.client_id / 10)}

@@ -14,6 +14,7 @@ from experiments.catalogue import build_config
 from experiments.inprocess import InProcessGrid, run_inprocess
 from fedmoe_sim import checkpoint
 from fedmoe_sim.aggregation.fedmoe_da import NeighbourPlan
+from fedmoe_sim import wire
 from fedmoe_sim.checkpoint import CHECKPOINT, CheckpointError
 
 SMALL = {"federation.num_clients": 6, "federation.rounds": 4, "data.samples_per_client": 20,
@@ -104,6 +105,27 @@ def test_checkpoints_are_written_every_k_rounds_but_at_most_once_per_min_s(monke
     assert all(_loop.checkpoint_due(every, r, 50.0) for r in (1, 2, 3))
 
 
+def test_a_finished_run_deletes_its_clients_state_and_a_killed_one_keeps_it_for_resume(tmp_path, monkeypatch):
+    """Every node is told to drop the run's client-state store once summary.json is written (a
+    sweep's stores filled this machine's disk); a killed run keeps it, or it could not resume."""
+    states = tmp_path / "states"
+    cfg = build_config("digits-domains", {**SMALL, "strategy": "local", "federation.state_dir": str(states),
+                                          "out": str(tmp_path / "run")})
+    grid = InProcessGrid(2)
+    run_inprocess([cfg], grid)
+    assert sorted(node for node, phase, _ in grid.deliveries if phase == wire.RELEASE) == [1, 2]
+    assert list(states.iterdir()) == []
+
+    original = registry.get_method("local")
+    monkeypatch.setitem(registry.METHODS, "local", _stopping(original, 3, "aggregate_train"))
+    with pytest.raises(Killed):
+        run_inprocess([cfg], InProcessGrid(2))
+    assert [p.name.split("-")[-1] for p in states.iterdir()] == [cfg.identity_hash()]   # kept for the resume
+    monkeypatch.setitem(registry.METHODS, "local", original)
+    run_inprocess([dataclasses.replace(cfg, resume=True)], InProcessGrid(2))
+    assert list(states.iterdir()) == []
+
+
 def test_resume_without_a_checkpoint_starts_from_the_first_round(tmp_path):
     cfg = build_config("digits-domains", {**SMALL, "strategy": "fedavg", "federation.rounds": 2,
                                           "out": str(tmp_path), "resume": True})
@@ -158,8 +180,6 @@ def test_large_numeric_dicts_travel_as_arrays_and_come_back_as_python_numbers(tm
 
 
 def test_a_ledger_checkpoint_codes_its_names_and_reads_older_plain_columns():
-    from fedmoe_sim import wire
-
     ledger = wire.ByteLedger()
     for rnd in (1, 2):
         for cid in range(5):
