@@ -527,8 +527,8 @@ class ByteLedger:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The ledger as columns (a checkpoint stores them without pickle); the direction and
-        part columns as codes into their few distinct names, since a checkpoint is written
-        every round and the ledger grows with rounds x clients."""
+        part columns as codes into their few distinct names: checkpoints are frequent and the
+        ledger grows with rounds x clients."""
         keys = sorted(self._per_client)
         out = {"round": np.array([k[0] for k in keys], np.int64), "client": np.array([k[2] for k in keys], np.int64),
                "peer": np.array([k[4] for k in keys], np.int64),
