@@ -70,8 +70,9 @@ def test_imagefolder_missing_root_names_the_path(tmp_path):
 
 # -- torchvision ---------------------------------------------------------------------------
 
-def _write_cifar(root, hundred=False, n=3):
-    """The real python-pickle layout of CIFAR-10/100 with n random images per file."""
+def _write_cifar(root, hundred=False, n=3, classes=10):
+    """The real python-pickle layout of CIFAR-10/100 with n random images per file, labels
+    drawn from the first `classes` classes."""
     rng = np.random.default_rng(0)
     if hundred:
         base, files, key, meta = root / "cifar-100-python", ["train", "test"], "fine_labels", "meta"
@@ -84,7 +85,7 @@ def _write_cifar(root, hundred=False, n=3):
     written = {}
     for name in files:
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n).tolist()
+        labels = rng.integers(0, classes, size=n).tolist()
         with open(base / name, "wb") as f:
             pickle.dump({"data": data, key: labels}, f)
         written[name] = (data, labels)
