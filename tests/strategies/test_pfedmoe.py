@@ -10,7 +10,6 @@ from experiments.registry import get_method
 from fedmoe_sim.config import CNN_FAMILIES, PFEDMOE_FAMILIES
 from fedmoe_sim.workspace import get_workspace
 from strategies.pfedmoe import PFedMoEStrategy
-from tests.fedmoe_sim.data.test_real import no_md5  # noqa: F401  (fixture: fake CIFAR files pass the md5 check)
 
 SMALL = {"federation.num_clients": 5, "federation.rounds": 2, "data.samples_per_client": 20,
          "train.local_epochs": 1}

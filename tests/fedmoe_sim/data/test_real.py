@@ -1,6 +1,5 @@
 """Real loaders on tiny on-disk fixtures written here: nothing downloads."""
 
-import os
 import pickle
 
 import datasets
@@ -92,20 +91,6 @@ def _write_cifar(root, hundred=False, n=3, classes=10):
     with open(base / meta, "wb") as f:
         pickle.dump(meta_content, f)
     return written
-
-
-@pytest.fixture
-def no_md5(monkeypatch):
-    """torchvision verifies md5 sums of CIFAR files (and Flowers102 .mat files) even with download=False;
-    our fake files cannot match, so integrity means "the file exists" in these tests."""
-    import torchvision.datasets.cifar as cifar
-    import torchvision.datasets.flowers102 as flowers
-
-    def exists(fpath, md5=None):
-        return os.path.isfile(fpath)
-
-    monkeypatch.setattr(cifar, "check_integrity", exists)
-    monkeypatch.setattr(flowers, "check_integrity", exists)
 
 
 @pytest.mark.parametrize("name", ["CIFAR10", "cifar100"])
