@@ -287,13 +287,12 @@ def tidy_runs(sweep: Sweep, summaries: Sequence[Mapping[str, Any]]) -> list[dict
     from fedmoe_sim.results.tables import run_metrics
 
     keys = list(dict.fromkeys(k for r in sweep.runs for k in r.point))
-    rows = []
-    for r, s in zip(sweep.runs, summaries, strict=True):
-        row: dict[str, Any] = {"variant": r.variant, "strategy": r.strategy, "seed": r.seed,
-                               **{k: r.point.get(k) for k in keys}}
-        row.update(run_metrics(s))
-        row["run_dir"] = r.cfg.out
-        rows.append(row)
+    metrics = [run_metrics(s) for s in summaries]
+    names = list(dict.fromkeys(k for m in metrics for k in m))   # every run's columns: a run whose clients
+    rows = []                                                   # hold no image of a domain has no acc/<domain>
+    for r, m in zip(sweep.runs, metrics, strict=True):
+        rows.append({"variant": r.variant, "strategy": r.strategy, "seed": r.seed, **{k: r.point.get(k) for k in keys},
+                     **{k: m.get(k) for k in names}, "run_dir": r.cfg.out})
     return rows
 
 

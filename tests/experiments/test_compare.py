@@ -108,3 +108,23 @@ def test_unfinished_runs_continue_from_their_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_many", fake_run_many)
     assert main(["compare", "--strategies", "fedavg,local", "--seeds", "0", "--out", str(tmp_path / "s"), *SMALL]) == 130
     assert [c.strategy for c in seen] == ["fedavg", "local"] and all(c.resume for c in seen)
+
+
+def test_runs_csv_has_every_runs_columns_when_a_domain_is_missing_from_some_runs():
+    """Under label skew a seed may leave a domain without clients: that run has no acc/<domain>.
+    runs.csv still gets one column set for all rows (empty where a run has no value), not a
+    crash on the first row's keys."""
+    from types import SimpleNamespace
+
+    from experiments.compare import tidy_runs
+
+    def summary(seed, domains):
+        return {"strategy": "fedavg", "seed": seed, "final": {"acc-mean": 0.5}, "per_client": [],
+                "per_domain": {d: {"acc": 0.5} for d in domains}, "bytes_up": 1, "bytes_down": 2, "bytes_p2p": 0,
+                "wall_s": 1.0}
+
+    runs = [SimpleNamespace(variant="fedavg", strategy="fedavg", seed=s, point={}, cfg=SimpleNamespace(out=f"r{s}"))
+            for s in (0, 1)]
+    rows = tidy_runs(SimpleNamespace(runs=runs), [summary(0, ["gamma"]), summary(1, ["blur", "gamma"])])
+    assert list(rows[0]) == list(rows[1]) and rows[0]["acc/blur"] is None and rows[1]["acc/blur"] == 0.5
+    assert list(rows[0])[-1] == "run_dir"
