@@ -18,7 +18,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmoe_sim import faults, interop, wire
-from fedmoe_sim.aggregation.robust import outliers_above, update_floors, update_norms
+from fedmoe_sim.aggregation.robust import finite_median, outliers_above, update_floors, update_norms
 from fedmoe_sim.config import RunConfig
 from fedmoe_sim.metrics import summarise_evaluation, summarise_training
 from fedmoe_sim.sampling import client_schedule, shard
@@ -188,7 +188,7 @@ class Federation:
             sent = [outbox.parts_of(r.client_id).get(part) for r in holders]
             norms = update_norms([r.parts[part] for r in holders], sent)
             floors = update_floors(sent)
-            median = float(np.median([n for n in norms if np.isfinite(n)] or [0.0]))
+            median = finite_median(norms)
             for i in outliers_above(norms, fed.norm_bound, floors):
                 bad.setdefault(holders[i].client_id, f"{part} update norm is not finite ({norms[i]})"
                                if not np.isfinite(norms[i]) else

@@ -111,6 +111,12 @@ def update_floors(sent: list[State | None]) -> list[float]:
     return [norms[id(s)] if s is not None else 0.0 for s in sent]
 
 
+def finite_median(values: list[float]) -> float:
+    """The median of the finite values (0 when none is): the scale `outliers_above` judges by."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return float(np.median(finite)) if finite else 0.0
+
+
 def outliers_above(values: list[float], bound: float, floors: list[float] | None = None) -> list[int]:
     """Indices of values above `bound` x the median of the finite values and above their own
     floor (`floors[i]`, default 0), and of every non-finite value (a NaN must not hide in the
@@ -126,11 +132,10 @@ def outliers_above(values: list[float], bound: float, floors: list[float] | None
         return []
     if floors is not None and len(floors) != len(values):
         raise ValueError(f"outliers_above got {len(values)} values but {len(floors)} floors")
-    finite = [float(v) for v in values if np.isfinite(v)]
     broken = [i for i, v in enumerate(values) if not np.isfinite(v)]
     if len(values) < MIN_TO_JUDGE:
         return broken
-    median = float(np.median(finite)) if finite else 0.0
+    median = finite_median(values)
     floors = floors if floors is not None else [0.0] * len(values)
     return sorted(broken + [i for i, v in enumerate(values) if np.isfinite(v) and (median > 0 or floors[i] > 0)
                             and v > bound * median and v > floors[i]])
