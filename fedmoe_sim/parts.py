@@ -51,8 +51,19 @@ class PartSpec:
         for k in self.arrays:
             a = state[k]
             if a.dtype.kind == "f" and not np.isfinite(a).all():
-                return f"{k} has non-finite values"
+                return _nonfinite(k)
         return None
+
+    def check_rows(self, stacked: State, n: int) -> list[str | None]:
+        """`check`'s finite-values test per row of `stacked` (each array n rows, one per client,
+        their layout already checked): a packed reply's clients in one pass per array."""
+        bad: list[str | None] = [None] * n
+        for k in self.arrays:
+            a = stacked[k]
+            if a.dtype.kind == "f":
+                for i in np.flatnonzero(~np.isfinite(a.reshape(n, -1)).all(axis=1)).tolist():
+                    bad[i] = bad[i] or _nonfinite(k)
+        return bad
 
     def check_layout(self, state: State) -> str | None:
         """`check` without the finite-values test: names, shapes, dtypes (what every row of a
@@ -68,6 +79,10 @@ class PartSpec:
             if a.dtype != self._dtypes[k]:
                 return f"{k} has dtype {a.dtype}, expected {spec.dtype}"
         return None
+
+
+def _nonfinite(key: str) -> str:
+    return f"{key} has non-finite values"
 
 
 def check_parts(parts: Parts, expect: Mapping[str, PartSpec], checked: set[str] | frozenset = frozenset()) -> str | None:

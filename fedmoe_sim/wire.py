@@ -461,11 +461,7 @@ def _unpack(record: ArrayRecord, n: int, spec: PartSpec | None = None) -> list[D
     layout = spec.check_layout(rows[0])
     if layout is not None:
         return [(row, nbytes, layout, True) for row in rows]
-    bad: list[str | None] = [None] * n
-    for k, a in state.items():
-        if a.dtype.kind == "f":
-            for i in np.flatnonzero(~np.isfinite(a.reshape(n, -1)).all(axis=1)).tolist():
-                bad[i] = bad[i] or f"{k} has non-finite values"
+    bad = spec.check_rows(state, n)
     return [(row, nbytes, bad[i], True) for i, row in enumerate(rows)]
 
 
