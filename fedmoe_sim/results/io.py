@@ -363,7 +363,7 @@ class RunRecorder:
 
     def _write_csv(self) -> None:
         """rounds.csv, a view of rounds.jsonl: rewritten at most once a second while rounds run
-        (the whole table each time), and by `sync`; never torn, not fsynced."""
+        (the whole table each time), and by `finish`; never torn, not fsynced."""
         keys = sorted({k for row in self._rows for k in row} - {"round"})
         write_csv_atomic(self.out_dir / ROUNDS_CSV, self._rows, ["round", *keys], durable=False)
         self._csv_due = time.monotonic() + CSV_EVERY_S
