@@ -4,7 +4,7 @@ Flower's simulation engine hands pushed messages to the Ray actors from a loop
 that sleeps 0.1 s between polls (`vce_api.add_messages_to_queue`), and no
 setting reaches that wait in 1.41. A round whose training takes a few
 milliseconds therefore still costs ~0.1 s, and a node with k queued messages
-needs k polls. With few nodes a poll is cheap, so we poll every 2 ms; with many
+needs k polls. With few nodes a poll is cheap, so we poll every 1 ms; with many
 nodes (one per client) each poll scans every stored message, so the shipped
 0.1 s is kept.
 
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 PINNED_SOURCE_SHA256 = "953f4bd41a931a7779a4a670ab17b633f6e20b08a0128535328674466419777a"   # flwr 1.41.0
 WRITTEN_FOR_FLWR = "1.41.0"
 CHECKED_FLWR = ("1.41.0", "1.42.0")   # releases whose `add_messages_to_queue` has the pinned source
-FAST_WAIT_S = 0.002
+FAST_WAIT_S = 0.001
 SHIPPED_WAIT_S = 0.1
-FAST_MAX_NODES = 64      # above this, a poll scans too much LinkState to run every 2 ms
+FAST_MAX_NODES = 64      # above this, a poll scans too much LinkState to run every 1 ms
 
 
 def pickup_wait(num_nodes: int) -> float:

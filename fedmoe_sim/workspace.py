@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fedmoe_sim.config import RunConfig, config_from_json
+from fedmoe_sim.heap import reuse_freed_memory
 from fedmoe_sim.models.expert_model import ExpertModel
 from fedmoe_sim.results.io import atomic_write_bytes
 from fedmoe_sim.training import TrainStats, derive_seed, evaluate, train_local
@@ -53,6 +54,8 @@ class Workspace:
         from fedmoe_sim.models import build_model
 
         torch.set_num_threads(cfg.simulation.torch_threads)
+        if cfg.simulation.reuse_memory:
+            reuse_freed_memory()
         self.cfg = cfg
         self.benchmark = load_benchmark(cfg.data, cfg.seed)
         self.splits = client_splits(self.benchmark, cfg.data, cfg.federation.num_clients, cfg.seed)

@@ -34,7 +34,8 @@ from strategies._federation import Federation
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.005  # our own pull interval: Flower's default 0.1 s quantises short rounds
+POLL_SECONDS = 0.005        # our pull interval against a SuperLink (a pull is an RPC); Flower's 0.1 s
+LOCAL_POLL_SECONDS = 0.001  # ... against the simulation's in-memory grid (a pull is a dict lookup)
 RELEASE_TIMEOUT_S = 30.0   # at most this long for the nodes to drop a finished run's client state
 
 
@@ -48,6 +49,7 @@ def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress:
     whose numbers must reproduce."""
     messages = list(messages)
     asked = sum(wire.clients_in(m) for m in messages)
+    poll = poll_seconds(grid)
     pending = set(grid.push_messages(messages))
     replies: list[Message] = []
     done = 0
@@ -67,11 +69,21 @@ def push_pull(grid: Grid, messages: Iterable[Message], timeout: float, progress:
         if progress is not None and got:
             progress.update(server_round, phase, done, asked)
         if pending:
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
     if pending:
         log.warning("round %d %s: %d of %d node(s) did not reply within %.0fs; going on without them",
                     server_round, phase, len(pending), len(messages), timeout)
     return replies
+
+
+def poll_seconds(grid: Grid) -> float:
+    """How long to wait between pulls: a reply that lands in the simulation's in-memory LinkState
+    waits at most 1 ms (short rounds are mostly such waits); a SuperLink is asked every 5 ms."""
+    try:
+        from flwr.superlink.grid import InMemoryGrid
+    except ImportError:          # a Flower without it has no in-memory grid to be fast on
+        return POLL_SECONDS
+    return LOCAL_POLL_SECONDS if isinstance(grid, InMemoryGrid) else POLL_SECONDS
 
 
 def warm_up(grid: Grid, timeout: float) -> None:

@@ -224,3 +224,12 @@ def test_a_quorum_stops_the_wait_for_a_dead_node_after_the_straggler_timeout(tas
     t0 = time.monotonic()
     assert len(push_pull(_SilentNodeGrid(), _tasks(), timeout=1.0)) == 2     # default: the whole timeout
     assert time.monotonic() - t0 >= 1.0
+
+
+def test_replies_are_polled_every_millisecond_in_simulation_and_every_5_ms_from_a_superlink():
+    from flwr.superlink.grid import InMemoryGrid
+
+    from strategies._loop import LOCAL_POLL_SECONDS, POLL_SECONDS, poll_seconds
+
+    assert poll_seconds(InMemoryGrid.__new__(InMemoryGrid)) == LOCAL_POLL_SECONDS == 0.001  # the simulation's
+    assert poll_seconds(_SilentNodeGrid()) == POLL_SECONDS == 0.005                        # any other grid
