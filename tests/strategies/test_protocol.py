@@ -20,7 +20,7 @@ from fedmoe_sim.parts import ArraySpec, PartSpec
 from strategies._base import Strategy
 from strategies._federation import StateLostError
 
-# vectorise off: the pinned numbers (and hashes) were recorded one client after another, bit for bit;
+# vectorise off: the pinned numbers (and hashes) were recorded one client after another;
 # the default (vectorised) run is held to them in test_default_vectorised_runs_give_the_pinned_numbers
 SMALL = {"federation.num_clients": 4, "federation.rounds": 2, "data.samples_per_client": 20,
          "model.pretrain_steps": 200, "train.local_epochs": 1, "simulation.num_workers": 2,
@@ -45,42 +45,58 @@ PINNED_CASES = {
 PINNED = json.loads((Path(__file__).parent / "pinned_before.json").read_text())
 
 
+# Losses are float sums whose rounding depends on the CPU's kernels (PyTorch and MKL dispatch per
+# instruction set): the pinned runs were recorded on an AMD EPYC; on an Intel Xeon with AVX-512 the
+# same code gives every accuracy and byte equal and losses within 2.3e-6 (final) and 8.8e-6 (per
+# client), relative 3.1e-6 at most (all ten cases, vectorised or not). On one machine a run is
+# bit for bit repeatable (tests/strategies/test_partial.py::test_same_seed_same_numbers and others).
+LOSS_REL = 1e-5
+
+
+def _assert_pinned(summary, pinned: dict) -> None:
+    """Accuracies and byte totals exactly as pinned; losses within LOSS_REL (CPU kernels)."""
+    def split(metrics: dict) -> tuple[dict, dict]:
+        floats = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        return {k: v for k, v in floats.items() if "acc" in k}, {k: v for k, v in floats.items() if "acc" not in k}
+
+    final = {k: v for k, v in summary.final.items() if k in pinned["final"]}
+    assert final.keys() == pinned["final"].keys()
+    (acc, rest), (want_acc, want_rest) = split(final), split(pinned["final"])
+    assert acc == want_acc and rest == pytest.approx(want_rest, rel=LOSS_REL)
+    assert len(summary.per_client) == len(pinned["per_client"])
+    for got, want in zip(summary.per_client, pinned["per_client"], strict=True):
+        assert got.keys() == want.keys()
+        (acc, rest), (want_acc, want_rest) = split(got), split(want)
+        assert acc == want_acc and rest == pytest.approx(want_rest, rel=LOSS_REL)
+        assert {k: v for k, v in got.items() if not isinstance(v, float)} == \
+            {k: v for k, v in want.items() if not isinstance(v, float)}
+    assert (summary.bytes_up, summary.bytes_down, summary.bytes_p2p) == \
+        (pinned["bytes_up"], pinned["bytes_down"], pinned["bytes_p2p"])
+
+
 @pytest.mark.parametrize("name", list(PINNED_CASES))
 def test_every_method_gives_the_numbers_it_gave_before_the_protocol(name):
-    """Final metrics, per-client metrics and byte totals equal, to the last digit, what the
-    old protocol gave in a Ray simulation (pinned_before.json) with the same seed."""
+    """Final metrics, per-client metrics and byte totals equal what the old protocol gave in a
+    Ray simulation (pinned_before.json) with the same seed: accuracies and bytes to the last
+    digit, losses to the CPU's float rounding (LOSS_REL)."""
     experiment, values = PINNED_CASES[name]
     cfg = build_config(experiment, values)
     summary = run_inprocess([cfg])[0]
-    pinned = PINNED[name]
-    assert cfg.identity_hash() == pinned["hash"]
-    final = {k: v for k, v in summary.final.items() if isinstance(v, float)}
-    assert (final.pop("rejected-updates"), final.pop("missed-clients")) == (0, 0)   # the record's later additions
-    assert final == pinned["final"]
-    assert summary.per_client == pinned["per_client"]
-    assert (summary.bytes_up, summary.bytes_down, summary.bytes_p2p) == \
-        (pinned["bytes_up"], pinned["bytes_down"], pinned["bytes_p2p"])
+    assert cfg.identity_hash() == PINNED[name]["hash"]
+    assert (summary.final["rejected-updates"], summary.final["missed-clients"]) == (0, 0)   # later additions
+    _assert_pinned(summary, PINNED[name])
 
 
 @pytest.mark.parametrize("name", ["fedavg", "local-frac", "metamoe-domain", "btx"])
 def test_default_vectorised_runs_give_the_pinned_numbers(name):
     """With simulation.vectorise at its default (on), the pinned runs end with the same
-    accuracies and bytes, and losses within 1e-6 (measured on all ten cases: at most 3.2e-7
-    for the final metrics, 7.6e-7 per client): vectorised training differs from one after
-    another only in float reduction order."""
+    accuracies and bytes, and losses within LOSS_REL (on the recording machine: at most 3.2e-7
+    abs for the final metrics, 7.6e-7 per client, over all ten cases): vectorised training
+    differs from one after another only in float reduction order."""
     experiment, values = PINNED_CASES[name]
     summary = run_inprocess([build_config(experiment, {k: v for k, v in values.items()
                                                        if k != "simulation.vectorise"})])[0]
-    pinned = PINNED[name]
-    final = {k: v for k, v in summary.final.items() if k in pinned["final"]}
-    assert {k: v for k, v in final.items() if "acc" in k} == {k: v for k, v in pinned["final"].items() if "acc" in k}
-    assert final == pytest.approx(pinned["final"], abs=1e-6)
-    assert len(summary.per_client) == len(pinned["per_client"])
-    for got, want in zip(summary.per_client, pinned["per_client"], strict=True):
-        assert {k: v for k, v in got.items() if "acc" in k} == {k: v for k, v in want.items() if "acc" in k}
-        assert got == pytest.approx(want, abs=1e-6)
-    assert (summary.bytes_up, summary.bytes_down, summary.bytes_p2p) == \
-        (pinned["bytes_up"], pinned["bytes_down"], pinned["bytes_p2p"])
+    _assert_pinned(summary, PINNED[name])
 
 
 def test_a_three_round_fedavg_runs_in_process():
