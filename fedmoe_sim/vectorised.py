@@ -129,13 +129,22 @@ def _functional(model: ExpertModel, starts: Sequence[State]):
     paths = {k: path_of[id(model._expert[k])] for k in names}
     fixed = {path: p for path, p in model.named_parameters() if id(p) not in trainable}
     fixed.update(dict(model.named_buffers()))
-    params = {k: torch.stack([torch.as_tensor(np.asarray(s[k]), dtype=torch.float32) for s in starts]).to(model.device)
-              for k in names}
+    params = {k: _stacked([s[k] for s in starts], model.device) for k in names}
 
     def call(p: dict[str, torch.Tensor], x):
         return functional_call(model, {**fixed, **{paths[k]: v for k, v in p.items()}}, (x,))
 
     return call, names, params
+
+
+def _stacked(arrays: Sequence[np.ndarray], device) -> torch.Tensor:
+    """The clients' arrays as one new float32 `[C, ...]` tensor on `device`. Clients sent one
+    payload share one array object (`wire.Task.part`): it is copied to the device once and
+    repeated there, not converted once per client."""
+    if all(a is arrays[0] for a in arrays):
+        one = torch.as_tensor(np.asarray(arrays[0]), dtype=torch.float32).to(device)
+        return one.unsqueeze(0).repeat(len(arrays), *([1] * one.dim()))      # a copy: never the sender's array
+    return torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in arrays]).to(device)
 
 
 def _train_group(model: ExpertModel, starts: Sequence[State], data: Sequence[tuple], cfg: TrainConfig,

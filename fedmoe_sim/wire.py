@@ -275,12 +275,24 @@ def make_reply(results: list[ClientResult]) -> RecordDict:
             content[f"{UP_PREFIX}{members[0][0]}/{part}"] = to_record(members[0][1])
             continue
         name = f"{PACK_PREFIX}{g}/{part}"
-        content[name] = ArrayRecord({k: Array(np.stack([state[k] for _, state in members]))
+        content[name] = ArrayRecord({k: Array(_rows_stacked([state[k] for _, state in members]))
                                      for k, _, _ in layout})
         index[name] = [int(cid) for cid, _ in members]
     if index:
         content[PACKS] = ConfigRecord(index)
     return content
+
+
+def _rows_stacked(rows: list[np.ndarray]) -> np.ndarray:
+    """`np.stack(rows)`; without the copy when the rows already are, in order, all the rows of one
+    array (a vectorised worker's trained tensors come back as row views of one stacked tensor)."""
+    base = rows[0].base if isinstance(rows[0], np.ndarray) else None
+    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape == (len(rows), *rows[0].shape)
+            and all(isinstance(r, np.ndarray) and r.base is base and r.dtype == base.dtype
+                    and r.__array_interface__["data"][0] == base.ctypes.data + i * base.strides[0]
+                    for i, r in enumerate(rows))):
+        return base
+    return np.stack(rows)
 
 
 @dataclass

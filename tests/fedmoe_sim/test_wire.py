@@ -267,3 +267,22 @@ def test_a_header_that_disagrees_with_its_metadata_is_refused():
     lying = Array(dtype="float32", shape=(3, 2), stype="numpy.ndarray", data=arr.data)
     with pytest.raises(ValueError, match="header says float32 \\(2, 3\\)"):
         wire.from_record(ArrayRecord({"x": lying}))
+
+
+@pytest.mark.parametrize("rows_of", ["all-rows-in-order", "reversed", "some-rows", "copies"])
+def test_a_pack_of_row_views_carries_what_a_pack_of_copies_carries(rows_of):
+    """A vectorised worker's trained tensors are row views of one stacked array: the pack then
+    takes that array whole, and only when the rows are all of it, in order."""
+    stacked = {k: np.arange(4 * int(np.prod(s)), dtype=np.float32).reshape(4, *s).copy()   # owns its rows
+               for k, s in (("a", (2, 2)), ("b", (3,)))}
+    order = {"all-rows-in-order": [0, 1, 2, 3], "reversed": [3, 2, 1, 0], "some-rows": [0, 1, 2], "copies": [0, 1, 2, 3]}
+    rows = order[rows_of]
+    state = (lambda i: {k: a[i].copy() for k, a in stacked.items()}) if rows_of == "copies" else \
+        (lambda i: {k: a[i] for k, a in stacked.items()})
+    content = wire.make_reply([_result(c, state(i)) for c, i in enumerate(rows)])
+    got = wire.read_replies([Message(content, 1, MessageType.TRAIN)], EXPECT, asked=set(range(len(rows))))
+    assert [r.client_id for r in got.results] == list(range(len(rows))) and not got.rejected
+    for r in got.results:
+        for k in ("a", "b"):
+            np.testing.assert_array_equal(r.part("expert")[k], stacked[k][rows[r.client_id]])
+    assert (wire._rows_stacked([state(i)["a"] for i in rows]) is stacked["a"]) == (rows_of == "all-rows-in-order")

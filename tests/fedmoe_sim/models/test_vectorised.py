@@ -121,3 +121,19 @@ def test_vectorised_evaluation_gives_each_clients_loss_and_accuracy(model, digit
         model.load_expert_state(start)
         loss_a, acc_a = evaluate(model, *shared, batch_size=16)
         assert loss_v == pytest.approx(loss_a, abs=1e-5) and abs(acc_v - acc_a) <= 1 / 60
+
+
+def test_clients_sent_one_payload_train_from_copies_and_leave_it_as_sent(model, digits_benchmark):
+    """Clients of a message sent one part share one array object (wire.Task.part): the stacked
+    starting tensors are copies (training never writes into the payload), and each client
+    gets what it gets from a start of its own."""
+    starts, data, seeds = _clients(model, digits_benchmark)
+    shared = starts[0]
+    kept = {k: v.copy() for k, v in shared.items()}
+    together = train_many(model, [shared] * len(data), data, TRAIN, seeds)
+    for k, v in kept.items():
+        np.testing.assert_array_equal(shared[k], v)
+    own = train_many(model, [{k: v.copy() for k, v in shared.items()} for _ in data], data, TRAIN, seeds)
+    for (a, _), (b, _) in zip(together, own, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
