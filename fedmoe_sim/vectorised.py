@@ -244,19 +244,20 @@ def _evaluate_group(model: ExpertModel, states: Sequence[State], data: Sequence[
 
 def _batch(inputs, labels, steps, device):
     """One step's batches of every client, padded to the step's largest: `[C, B, ...]` plus weights."""
-    xs, ys, ws, counts = [], [], [], []
+    xs, ys, counts = [], [], []
     batch_size = max(len(idx) for idx, _ in steps)
     for x, y, (idx, offs) in zip(inputs, labels, steps, strict=True):
         xb = ExpertModel.index(x, idx)
         if offs is not None:
             xb = translate(xb, offs)
         pad = batch_size - len(idx)
+        yb = y[idx.to(y.device)]
         xs.append(F.pad(xb, (0, 0) * (xb.dim() - 1) + (0, pad)) if pad else xb)
-        ys.append(F.pad(y[idx.to(y.device)], (0, pad)) if pad else y[idx.to(y.device)])
-        ws.append(torch.cat([torch.ones(len(idx)), torch.zeros(pad)]))
+        ys.append(F.pad(yb, (0, pad)) if pad else yb)
         counts.append(len(idx))
-    return (torch.stack(xs), torch.stack(ys), torch.stack(ws).to(device),
-            torch.tensor(counts, dtype=torch.float64))
+    sizes = torch.tensor(counts)
+    weights = (torch.arange(batch_size) < sizes[:, None]).to(torch.float32)     # 1 per sample, 0 per pad
+    return torch.stack(xs), torch.stack(ys), weights.to(device), sizes.to(torch.float64)
 
 
 @torch.no_grad()
