@@ -248,7 +248,8 @@ class SimulationConfig:
     vectorise_mib: int = 1024          # vectorised training: activation budget per worker; clients are chunked
                                        # so one step's estimated activations stay below it (results do not change)
     reuse_memory: bool = True          # glibc keeps freed memory for reuse (fedmoe_sim/heap.py): fewer page faults
-                                       # per message, up to 512 MiB freed memory kept per process (results do not change)
+                                       # per message, up to 512 MiB freed memory kept per process; set once per
+                                       # process by its first workspace (results do not change)
     ray_address: str = ""              # "" = start a private local Ray; "auto" or HOST:PORT = attach to a running
                                        # Ray cluster, the workers spread over its nodes (docs/ray_cluster.md)
 
@@ -439,7 +440,8 @@ METHOD_SECTIONS: dict[str, tuple[str, ...]] = {"fedmoe_da": ("fedmoe-da",), "fed
                                                 "pfedsim": ("pfedsim",)}
 # Keys that never change results (where files go): never part of `identity_hash`.
 NOT_IDENTITY = ("out", "federation.state_dir", "simulation.vectorise_mib", "simulation.reuse_memory",
-                "simulation.ray_address", "federation.checkpoint_every", "federation.checkpoint_min_s", "faults.slow_s", "resume", "log")
+                "simulation.ray_address", "federation.checkpoint_every", "federation.checkpoint_min_s",
+                "faults.slow_s", "resume", "log")
 LOGGERS = ("", "tensorboard")          # `log`: "" = only the run directory's own records
 
 
