@@ -287,10 +287,11 @@ def _rows_stacked(rows: list[np.ndarray]) -> np.ndarray:
     """`np.stack(rows)`; without the copy when the rows already are, in order, all the rows of one
     array (a vectorised worker's trained tensors come back as row views of one stacked tensor)."""
     base = rows[0].base if isinstance(rows[0], np.ndarray) else None
-    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape == (len(rows), *rows[0].shape)
-            and all(isinstance(r, np.ndarray) and r.base is base and r.dtype == base.dtype
-                    and r.__array_interface__["data"][0] == base.ctypes.data + i * base.strides[0]
-                    for i, r in enumerate(rows))):
+    if not (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape == (len(rows), *rows[0].shape)):
+        return np.stack(rows)
+    start, step = base.__array_interface__["data"][0], base.strides[0]
+    if all(isinstance(r, np.ndarray) and r.base is base and r.dtype == base.dtype
+           and r.__array_interface__["data"][0] == start + i * step for i, r in enumerate(rows)):
         return base
     return np.stack(rows)
 

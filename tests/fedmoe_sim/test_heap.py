@@ -9,8 +9,9 @@ from fedmoe_sim import heap
 
 # A worker's message in miniature: buffers of growing sizes (0.5 to 4 MiB) alive at once, all
 # freed at the end. glibc's default serves each new largest size with a fresh mapping and trims
-# the freed top of its heap, so the next message faults most pages in again. Run in a fresh process: the settings are
-# process-wide and this pytest process may have set them already (every Workspace does).
+# the freed top of its heap, so the next message faults most pages in again. Run in a fresh
+# process: the settings are process-wide and this pytest process may have set them already
+# (every Workspace does).
 CYCLES = """
 import resource, sys
 import numpy as np
